@@ -1,0 +1,108 @@
+"""Typed configs: dataclasses loaded from `configs/*.yaml` and overridden from the command line.
+
+draccus (what lerobot uses) does the parsing; this module gives every command the same entry point and
+turns draccus' and `__post_init__`'s errors into one `ConfigError` that names the offending key.
+
+    cfg = parse_config(LearnerConfig, ["--config", "configs/learner.yaml", "--trainer.batch_size", "64"])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import draccus
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit its dataclass: unknown key, bad value, failed check."""
+
+
+def _split_config_flag(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+    """Accept `--config FILE` / `--config=FILE` (the draccus spelling `--config_path` works too)."""
+    rest: list[str] = []
+    path: str | None = None
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("--config", "--config_path"):
+            if i + 1 >= len(args):
+                raise ConfigError(f"{arg} needs a file path")
+            path = args[i + 1]
+            i += 2
+            continue
+        if arg.startswith(("--config=", "--config_path=")):
+            path = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+    return path, rest
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config path as given, or relative to the repository's configs/ folder (`--config demo.yaml`)."""
+    candidate = Path(path)
+    if candidate.exists():
+        return candidate
+    bundled = CONFIG_DIR / candidate.name
+    if bundled.exists():
+        return bundled
+    raise ConfigError(f"config file {str(path)!r} does not exist")
+
+
+def _explain(exc: BaseException) -> str:
+    """draccus wraps a failed `__post_init__` check; surface the check's own message, which names the field."""
+    cause = exc.__cause__ or exc.__context__
+    return f"{exc} {cause}" if isinstance(cause, (ValueError, TypeError)) else str(exc)
+
+
+def parse_config[T](cls: type[T], argv: Sequence[str] = (), default_config: str | Path | None = None) -> T:
+    """Build `cls` from an optional YAML file plus `--dotted.key value` overrides.
+
+    Raises `ConfigError` for an unknown key in the file, a value of the wrong type, or a failed validation.
+    An unknown command-line flag exits with argparse's usage message, which names the flag.
+    """
+    path, rest = _split_config_flag(argv)
+    chosen = path if path is not None else default_config
+    config_path = str(resolve_config_path(chosen)) if chosen is not None else None
+    try:
+        return draccus.parse(config_class=cls, config_path=config_path, args=rest)
+    except draccus.utils.DraccusException as exc:
+        where = f" in {config_path}" if config_path else ""
+        raise ConfigError(f"bad config{where}: {_explain(exc)}") from None
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def config_from_dict[T](cls: type[T], values: Mapping[str, Any]) -> T:
+    """Build `cls` from a plain mapping (a YAML document already loaded, or a manifest's JSON)."""
+    try:
+        return draccus.decode(cls, dict(values))
+    except draccus.utils.DraccusException as exc:
+        raise ConfigError(f"bad {cls.__name__}: {_explain(exc)}") from None
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def load_config_file[T](cls: type[T], path: str | Path) -> T:
+    """Build `cls` from a YAML file alone."""
+    resolved = resolve_config_path(path)
+    try:
+        values = yaml.safe_load(resolved.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{resolved} is not valid YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{resolved} must hold a mapping of config keys, got {type(values).__name__}")
+    return config_from_dict(cls, values)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """The plain-data form of a config (for manifests and run folders)."""
+    encoded = draccus.encode(config)
+    assert isinstance(encoded, dict)
+    return encoded

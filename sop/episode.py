@@ -1,0 +1,186 @@
+"""The episode schema: the one definition of what a robot records and the learner trains on.
+
+One record per control step, kept as column arrays (one array per key, time first) because that is how
+the zarr store, the wire codec and the window sampler all want it. Keeping both the policy's proposal
+(`policy_action`) and the executed `action`, the `intervention` flag and the `policy_version` per frame is
+what HG-DAgger and RECAP need and what no peer keeps.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import uuid
+from dataclasses import dataclass, field
+from typing import Final
+
+import numpy as np
+
+# Per-step keys every episode carries. Images are optional and named `observation.images.<camera>`.
+STATE: Final = "observation.state"
+IMAGE_PREFIX: Final = "observation.images."
+ACTION: Final = "action"
+POLICY_ACTION: Final = "policy_action"
+INTERVENTION: Final = "intervention"
+POLICY_VERSION: Final = "policy_version"
+TIMESTAMP: Final = "timestamp"
+REWARD: Final = "reward"
+
+REQUIRED_STEP_KEYS: Final = (STATE, ACTION, POLICY_ACTION, INTERVENTION, POLICY_VERSION, TIMESTAMP, REWARD)
+
+# The dtype each per-step key must have, and whether its values must be finite.
+STEP_DTYPES: Final[dict[str, np.dtype]] = {
+    STATE: np.dtype(np.float32),
+    ACTION: np.dtype(np.float32),
+    POLICY_ACTION: np.dtype(np.float32),
+    INTERVENTION: np.dtype(np.bool_),
+    POLICY_VERSION: np.dtype(np.int64),
+    TIMESTAMP: np.dtype(np.float64),
+    REWARD: np.dtype(np.float32),
+}
+IMAGE_DTYPE: Final = np.dtype(np.uint8)
+
+# Upper bounds a well-behaved robot never reaches; they protect the learner from a runaway or hostile client.
+MAX_STEPS: Final = 100_000
+MAX_STATE_DIM: Final = 4096
+MAX_ACTION_DIM: Final = 256
+MAX_IMAGE_SIDE: Final = 1024
+MAX_CAMERAS: Final = 8
+
+
+class Outcome(enum.StrEnum):
+    """How an episode ended: from the simulator's success flag, or from an operator's label."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    TIMEOUT = "timeout"
+    ABORTED = "aborted"
+
+
+class Source(enum.StrEnum):
+    """Where an episode came from; the learner mixes the two per task (SOP data mixing)."""
+
+    ONLINE = "online"  # recorded by a robot running the policy (with operator interventions)
+    OFFLINE = "offline"  # a demonstration (scripted expert, teleoperation, an imported LeRobotDataset)
+
+
+class EpisodeError(ValueError):
+    """An episode that breaks the schema. The message names the field and what is wrong with it."""
+
+    def __init__(self, field_name: str, reason: str) -> None:
+        super().__init__(f"{field_name}: {reason}")
+        self.field_name = field_name
+        self.reason = reason
+
+
+def new_episode_id() -> str:
+    """Episode ids are random UUIDs chosen by the robot, so two robots never collide without coordination."""
+    return str(uuid.uuid4())
+
+
+@dataclass
+class Episode:
+    """A whole episode: per-episode metadata plus per-step column arrays (time on axis 0).
+
+    The instruction (a paraphrase chosen per episode) and the task id are constant within an episode and are
+    kept once here rather than repeated per step.
+    """
+
+    episode_id: str
+    robot_id: str
+    task: str
+    instruction: str
+    outcome: Outcome
+    started_at: float
+    ended_at: float
+    steps: dict[str, np.ndarray]
+    source: Source = Source.ONLINE
+    fps: float = 30.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.steps[ACTION].shape[0])
+
+    @property
+    def camera_names(self) -> list[str]:
+        return sorted(k.removeprefix(IMAGE_PREFIX) for k in self.steps if k.startswith(IMAGE_PREFIX))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(v.nbytes) for v in self.steps.values())
+
+    def validate(self) -> None:
+        """Raise `EpisodeError` naming the first field that breaks the schema."""
+        try:
+            uuid.UUID(self.episode_id)
+        except (ValueError, AttributeError, TypeError):
+            raise EpisodeError("episode_id", f"{self.episode_id!r} is not a UUID") from None
+        for name in ("robot_id", "task", "instruction"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise EpisodeError(name, "must be a non-empty string")
+            if len(value) > 1024:
+                raise EpisodeError(name, f"is {len(value)} characters long, more than 1024")
+        if not isinstance(self.outcome, Outcome):
+            raise EpisodeError("outcome", f"{self.outcome!r} is not one of {[o.value for o in Outcome]}")
+        if not isinstance(self.source, Source):
+            raise EpisodeError("source", f"{self.source!r} is not one of {[s.value for s in Source]}")
+        for name in ("started_at", "ended_at", "fps"):
+            if not math.isfinite(float(getattr(self, name))):
+                raise EpisodeError(name, "must be finite")
+        if self.ended_at < self.started_at:
+            raise EpisodeError("ended_at", "is before started_at")
+        if self.fps <= 0:
+            raise EpisodeError("fps", "must be positive")
+        validate_steps(self.steps)
+
+
+def validate_steps(steps: dict[str, np.ndarray]) -> int:
+    """Check per-step arrays against the schema and return the number of steps."""
+    missing = [k for k in REQUIRED_STEP_KEYS if k not in steps]
+    if missing:
+        raise EpisodeError(missing[0], "required key is missing")
+    num_steps: int | None = None
+    cameras = 0
+    for key, array in steps.items():
+        if not isinstance(array, np.ndarray):
+            raise EpisodeError(key, f"must be a numpy array, got {type(array).__name__}")
+        if key.startswith(IMAGE_PREFIX):
+            cameras += 1
+            if array.dtype != IMAGE_DTYPE:
+                raise EpisodeError(key, f"dtype {array.dtype} is not uint8")
+            if array.ndim != 4 or array.shape[3] != 3:
+                raise EpisodeError(key, f"shape {array.shape} is not (T, H, W, 3)")
+            if max(array.shape[1:3]) > MAX_IMAGE_SIDE:
+                raise EpisodeError(key, f"image side {max(array.shape[1:3])} exceeds {MAX_IMAGE_SIDE}")
+        elif key in STEP_DTYPES:
+            expected = STEP_DTYPES[key]
+            if array.dtype != expected:
+                raise EpisodeError(key, f"dtype {array.dtype} is not {expected}")
+            want_rank = 2 if key in (STATE, ACTION, POLICY_ACTION) else 1
+            if array.ndim != want_rank:
+                raise EpisodeError(key, f"rank {array.ndim} is not {want_rank} (shape {array.shape})")
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise EpisodeError(key, "contains NaN or infinite values")
+        else:
+            raise EpisodeError(key, "is not a key of the episode schema")
+        if num_steps is None:
+            num_steps = int(array.shape[0])
+        elif array.shape[0] != num_steps:
+            raise EpisodeError(key, f"has {array.shape[0]} steps, other keys have {num_steps}")
+    assert num_steps is not None
+    if num_steps == 0:
+        raise EpisodeError(ACTION, "episode has no steps")
+    if num_steps > MAX_STEPS:
+        raise EpisodeError(ACTION, f"{num_steps} steps exceed the cap of {MAX_STEPS}")
+    if cameras > MAX_CAMERAS:
+        raise EpisodeError(IMAGE_PREFIX + "*", f"{cameras} cameras exceed the cap of {MAX_CAMERAS}")
+    if steps[STATE].shape[1] > MAX_STATE_DIM:
+        raise EpisodeError(STATE, f"dimension {steps[STATE].shape[1]} exceeds {MAX_STATE_DIM}")
+    for key in (ACTION, POLICY_ACTION):
+        if steps[key].shape[1] > MAX_ACTION_DIM:
+            raise EpisodeError(key, f"dimension {steps[key].shape[1]} exceeds {MAX_ACTION_DIM}")
+    if steps[ACTION].shape[1] != steps[POLICY_ACTION].shape[1]:
+        raise EpisodeError(POLICY_ACTION, "dimension differs from action")
+    return num_steps
