@@ -54,4 +54,14 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
     touch "$STAMP"
 fi
 
+# MuJoCo renders off-screen through EGL (Mesa on the CPU). Debian/Ubuntu images without it get it from apt.
+if ! ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1'; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing Mesa EGL for off-screen rendering"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libegl1 libegl-mesa0 libgl1-mesa-dri >/dev/null
+    else
+        echo "setup: warning: libEGL.so.1 not found; camera rendering needs Mesa EGL (apt-get install libegl1 libegl-mesa0)" >&2
+    fi
+fi
+
 "$VENV/bin/python" scripts/generate_protos.py

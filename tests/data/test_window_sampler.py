@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sop.data.episode_store import EpisodeStore
+from sop.data.synthetic_episodes import make_episode
+from sop.data.window_sampler import WindowSampler
+from sop.episode import ACTION, STATE, Source
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> EpisodeStore:
+    return EpisodeStore(tmp_path / "store", durable=False)
+
+
+def test_windows_pad_at_both_edges(store: EpisodeStore) -> None:
+    episode = make_episode(5, image_size=(4, 4), policy_version=3)
+    store.append(episode)
+    sampler = WindowSampler(store, obs_horizon=2, action_horizon=4, image_keys=["top"])
+    batch = sampler.sample(64, np.random.default_rng(0))
+    assert batch[STATE].shape == (64, 2, 39) and batch[STATE].dtype == np.float32
+    assert batch[ACTION].shape == (64, 4, 4) and batch["action_is_pad"].shape == (64, 4)
+    assert batch["observation.images.top"].shape == (64, 2, 4, 4, 3)
+    assert batch["policy_version"].tolist() == [3] * 64
+    assert set(batch["frame_index"].tolist()) == set(range(5))  # every anchor occurs in 64 draws
+    for b, t in enumerate(batch["frame_index"]):
+        obs = np.clip([t - 1, t], 0, 4)
+        act = np.arange(t - 1, t + 3)
+        assert batch[STATE][b, :, 0].tolist() == obs.tolist()
+        assert np.array_equal(batch[STATE][b], episode.steps[STATE][obs])
+        assert batch[ACTION][b, :, 0].tolist() == np.clip(act, 0, 4).tolist()
+        assert batch["action_is_pad"][b].tolist() == ((act < 0) | (act > 4)).tolist()
+        assert np.array_equal(
+            batch["observation.images.top"][b], episode.steps["observation.images.top"][obs]
+        )
+    assert batch["episode_id"] == [episode.episode_id] * 64
+    assert batch["instruction"] == ["reach the goal"] * 64
+
+
+def test_tasks_are_weighted_equally_and_sources_by_share(store: EpisodeStore) -> None:
+    for seed in range(4):  # reach: many frames, online and offline
+        store.append(make_episode(50, seed=seed, task="reach-v3", cameras=()))
+    store.append(make_episode(50, seed=10, task="reach-v3", cameras=(), source=Source.OFFLINE))
+    store.append(make_episode(10, seed=11, task="push-v3", cameras=()))
+    sampler = WindowSampler(store, 1, 1, source_weights={"online": 0.8, "offline": 0.2})
+    rng = np.random.default_rng(1)
+    batch = sampler.sample(4000, rng)
+    tasks = np.array(batch["task"])
+    assert abs((tasks == "push-v3").mean() - 0.5) < 0.04
+    reach_sources = np.array(batch["source"])[tasks == "reach-v3"]
+    assert abs((reach_sources == "offline").mean() - 0.2) < 0.04
+    sampler.set_source_weights("reach-v3", {"online": 0.3, "offline": 0.7})
+    batch = sampler.sample(4000, rng)
+    reach_sources = np.array(batch["source"])[np.array(batch["task"]) == "reach-v3"]
+    assert abs((reach_sources == "offline").mean() - 0.7) < 0.04
+    sampler.set_task_weights({"push-v3": 3.0})
+    assert abs((np.array(sampler.sample(4000, rng)["task"]) == "push-v3").mean() - 0.75) < 0.04
+    with pytest.raises(ValueError, match="source_weights"):
+        sampler.set_source_weights("reach-v3", {"online": -1.0})
+    with pytest.raises(ValueError, match="unknown sources"):
+        sampler.set_source_weights("reach-v3", {"sim": 1.0})
+
+
+def test_autonomous_frames_can_be_excluded_hg_dagger_style(store: EpisodeStore) -> None:
+    intervention = np.zeros(20, np.bool_)
+    intervention[[4, 5, 6, 15]] = True
+    online = make_episode(20, intervention=intervention, cameras=())
+    offline = make_episode(8, source=Source.OFFLINE, cameras=(), seed=5)
+    store.append(online)
+    store.append(offline)
+    sampler = WindowSampler(store, 2, 3, autonomous_frame_weight=0.0)
+    assert sampler.num_frames(source=Source.ONLINE) == 4
+    assert sampler.num_frames(source="offline") == 8 and sampler.num_frames() == 12
+    batch = sampler.sample(500, np.random.default_rng(2))
+    online_anchors = batch["frame_index"][np.array(batch["source"]) == "online"]
+    assert set(online_anchors.tolist()) == {4, 5, 6, 15}
+    half = WindowSampler(store, 1, 1, autonomous_frame_weight=0.5, frame_weight_mode="loss")
+    batch = half.sample(500, np.random.default_rng(3))
+    online = np.array(batch["source"]) == "online"
+    expected = np.where(intervention[batch["frame_index"][online]], 1.0, 0.5)
+    assert np.array_equal(batch["weight"][online], expected)
+    assert (batch["weight"][~online] == 1.0).all()
+
+
+def test_custom_frame_weights_and_task_filter(store: EpisodeStore) -> None:
+    store.append(make_episode(10, cameras=(), task="reach-v3"))
+    store.append(make_episode(10, cameras=(), task="push-v3", seed=1))
+
+    def last_three(info, columns):  # type: ignore[no-untyped-def]
+        weights = np.zeros(info.num_steps)
+        weights[-3:] = 1.0
+        return weights
+
+    sampler = WindowSampler(store, 1, 2, tasks=["push-v3"], frame_weight_fn=last_three)
+    batch = sampler.sample(100, np.random.default_rng(4))
+    assert set(batch["task"]) == {"push-v3"} and sampler.tasks == ["push-v3"]
+    assert set(batch["frame_index"].tolist()) == {7, 8, 9}
+
+
+def test_refresh_picks_up_new_episodes_and_reads_images_lazily(
+    store: EpisodeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sampler = WindowSampler(store, 2, 2, image_keys=["observation.images.top"])
+    with pytest.raises(ValueError, match="no sampleable frames"):
+        sampler.sample(1, np.random.default_rng(0))
+    other = EpisodeStore(store.root, durable=False)  # e.g. the ingest side of the learner
+    other.append(make_episode(30, image_size=(6, 6)))
+    assert sampler.num_frames() == 0
+    assert sampler.refresh() == 1 and sampler.refresh() == 0
+    assert sampler.num_frames() == 30
+
+    def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the sampler must not read whole episodes")
+
+    reads: list[tuple[str, int, int]] = []
+    original = store.read_steps
+
+    def counting(episode_id: str, key: str, start: int, stop: int) -> np.ndarray:
+        reads.append((key, start, stop))
+        return original(episode_id, key, start, stop)
+
+    monkeypatch.setattr(store, "get", refuse)
+    monkeypatch.setattr(store, "read_columns", refuse)
+    monkeypatch.setattr(store, "read_steps", counting)
+    sampler.sample(8, np.random.default_rng(0))
+    assert len(reads) == 8 and all(stop - start <= 2 for _, start, stop in reads)
+
+
+def test_episodes_of_different_shapes_are_refused(store: EpisodeStore) -> None:
+    store.append(make_episode(5, cameras=(), state_dim=39))
+    store.append(make_episode(5, cameras=(), state_dim=7, seed=1, started_at=2e9))
+    with pytest.raises(ValueError, match=r"observation\.state"):
+        WindowSampler(store, 1, 1)
+    with pytest.raises(ValueError, match="action_horizon"):
+        WindowSampler(store, 2, 1, tasks=[])
