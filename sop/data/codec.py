@@ -152,7 +152,7 @@ def episode_to_record(episode: Episode, *, validate: bool = True) -> tensor_pb2.
 
 def encode_episode(episode: Episode, *, validate: bool = True) -> bytes:
     """Serialize a whole episode as one `EpisodeRecord` (what the robot hashes and uploads in chunks)."""
-    return episode_to_record(episode, validate=validate).SerializeToString()
+    return episode_to_record(episode, validate=validate).SerializeToString(deterministic=True)
 
 
 def _check_extra(extra: Mapping[str, str]) -> dict[str, str]:

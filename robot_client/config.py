@@ -1,0 +1,362 @@
+"""The robot daemon's typed config (`configs/robot.yaml`, overridable as `--control.rate_hz 50`).
+
+Everything a daemon writes lives under `data_dir/<robot_id>/`, so a restart with the same directory
+resumes where the last run stopped (a killed daemon included):
+
+    spool/        the zarr episode store: episodes recorded and not yet acknowledged by the learner
+    quarantine/   episodes the learner refused as invalid (kept with the reason, never retried forever)
+    policy/       the last good checkpoint (what a restart runs when the learner is unreachable)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+MIB: Final = 1 << 20
+GIB: Final = 1 << 30
+
+ROBOT_TYPES: Final = ("metaworld", "lerobot", "factory")
+OPERATOR_TYPES: Final = ("none", "simulated", "lerobot_teleop", "factory")
+SWAP_POINTS: Final = ("episode", "chunk")
+PARTIAL_EPISODE_POLICIES: Final = ("upload_aborted", "discard")
+
+
+def _positive(owner: str, **values: float | int) -> None:
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{owner}.{name} must be positive, got {value}")
+
+
+def _non_negative(owner: str, **values: float | int) -> None:
+    for name, value in values.items():
+        if not value >= 0:
+            raise ValueError(f"{owner}.{name} must be >= 0, got {value}")
+
+
+def _one_of(owner: str, name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{owner}.{name} must be one of {list(choices)}, got {value!r}")
+
+
+def _factory_path(owner: str, value: str) -> None:
+    module, sep, attribute = value.partition(":")
+    if not sep or not module or not attribute:
+        raise ValueError(f"{owner}.factory must be 'package.module:function', got {value!r}")
+
+
+@dataclass(frozen=True)
+class LearnerLinkConfig:
+    """How the robot reaches the learner. Robots are always the gRPC clients (NAT-friendly)."""
+
+    # host:port of the learner; None runs the robot offline: it records into its spool and uploads nothing.
+    address: str | None = None
+    # File holding this robot's token alone; sent as `authorization: Bearer <token>` on every call.
+    token_file: str | None = None
+    # PEM file of the CA that signed the learner's certificate; set: TLS, unset: plaintext.
+    tls_ca_file: str | None = None
+    # Host name to check the learner's certificate against when it differs from `address` (tests, IPs).
+    tls_server_name: str | None = None
+    # Deadline of every unary call (Register, QueryUpload, Heartbeat).
+    rpc_timeout_s: float = 5.0
+    # Deadline of one UploadEpisode stream (the whole remaining episode must go through within it).
+    upload_timeout_s: float = 120.0
+    # Deadline of one FetchCheckpoint stream; an interrupted fetch resumes from its offset.
+    fetch_timeout_s: float = 120.0
+    # WatchPolicy and Operator.Session are re-opened after this long: a half-open connection is noticed
+    # at the latest then, and no call is ever open without a deadline.
+    stream_timeout_s: float = 300.0
+    # HTTP/2 keep-alive pings from the robot (0: off). The learner pings its robots itself; turn this on
+    # only when the learner allows client pings this often (grpc.http2.min_recv_ping_interval_without_data_ms).
+    keepalive_time_s: float = 0.0
+    # Reconnect back-off of the watch and session streams (exponential with full jitter).
+    reconnect_initial_s: float = 0.2
+    reconnect_max_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.address is not None:
+            host, sep, port = self.address.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+                raise ValueError(f"learner.address must be host:port, got {self.address!r}")
+        for name in ("token_file", "tls_ca_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"learner.{name}: {path} is not a file")
+        _positive(
+            "learner",
+            rpc_timeout_s=self.rpc_timeout_s,
+            upload_timeout_s=self.upload_timeout_s,
+            fetch_timeout_s=self.fetch_timeout_s,
+            stream_timeout_s=self.stream_timeout_s,
+            reconnect_initial_s=self.reconnect_initial_s,
+            reconnect_max_s=self.reconnect_max_s,
+        )
+        _non_negative("learner", keepalive_time_s=self.keepalive_time_s)
+        if self.reconnect_max_s < self.reconnect_initial_s:
+            raise ValueError("learner.reconnect_max_s must be >= learner.reconnect_initial_s")
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """The control loop: its rate, how long an episode may run, how many episodes to run."""
+
+    # Control rate in Hz; every tick is scheduled on an absolute grid so errors do not accumulate.
+    rate_hz: float = 30.0
+    # Run as fast as the CPU allows (simulation); the grid and deadline checks are off then.
+    free_running: bool = False
+    # Robot-side cap on steps per episode (the simulator may end the episode earlier).
+    max_episode_steps: int = 200
+    # Stop after this many episodes (0: run until stopped).
+    max_episodes: int = 0
+    # End the episode at the first step the robot reports success (the simulator's success test).
+    end_on_success: bool = True
+    # Pause between episodes, seconds (a real arm may need time to be reset by a person or a script).
+    episode_gap_s: float = 0.0
+    # Python's thread switch interval for the daemon process: how long another thread may hold the GIL
+    # before the control thread gets it back. The default 5 ms would show up as 5 ms jitter.
+    gil_switch_interval_s: float = 0.0005
+    # SCHED_FIFO priority (1-99) for the control thread, so a busy CPU cannot delay its wake-ups
+    # (needs CAP_SYS_NICE or root; 0: normal scheduling). The thread sleeps between ticks, so it never
+    # starves the rest of the machine.
+    realtime_priority: int = 0
+    # Telemetry to the operator console, Hz (latest state only; never queues behind the control loop).
+    telemetry_hz: float = 5.0
+
+    def __post_init__(self) -> None:
+        _positive(
+            "control",
+            rate_hz=self.rate_hz,
+            max_episode_steps=self.max_episode_steps,
+            gil_switch_interval_s=self.gil_switch_interval_s,
+            telemetry_hz=self.telemetry_hz,
+        )
+        _non_negative("control", max_episodes=self.max_episodes, episode_gap_s=self.episode_gap_s)
+        if not 0 <= self.realtime_priority <= 99:
+            raise ValueError(f"control.realtime_priority must be in 0..99, got {self.realtime_priority}")
+
+    @property
+    def period_s(self) -> float:
+        return 1.0 / self.rate_hz
+
+
+@dataclass(frozen=True)
+class RobotPluginConfig:
+    """Which robot the daemon drives."""
+
+    # metaworld: a simulated task (sim/); lerobot: an arm through a lerobot `Robot`;
+    # factory: any `robot_client.robots.Robot` built by `factory`.
+    type: str = "metaworld"
+    # Task id (Meta-World name, e.g. "reach-v3"); for a real arm, the task it is set up for.
+    task: str = "reach-v3"
+    # Instruction given to the policy. Empty: the simulator's paraphrase (metaworld) or the task id.
+    instruction: str = ""
+    # Seed of the simulated layouts (each episode draws the next layout of this seed's sequence).
+    seed: int = 0
+    # Add a camera image to the observation (metaworld), rendered off-screen at image_size x image_size.
+    image: bool = False
+    camera: str = "corner2"
+    image_size: int = 64
+    # type=lerobot: YAML file of a lerobot RobotConfig, with its `type` (e.g. so101_follower) and port.
+    lerobot_config: str | None = None
+    # type=factory: "package.module:function" returning a `robot_client.robots.Robot`.
+    factory: str | None = None
+
+    def __post_init__(self) -> None:
+        _one_of("robot", "type", self.type, ROBOT_TYPES)
+        if not self.task:
+            raise ValueError("robot.task must name a task")
+        _positive("robot", image_size=self.image_size)
+        if self.type == "lerobot" and self.lerobot_config is None:
+            raise ValueError("robot.lerobot_config is required when robot.type is lerobot")
+        if self.type == "factory":
+            if self.factory is None:
+                raise ValueError("robot.factory is required when robot.type is factory")
+            _factory_path("robot", self.factory)
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Who may take over: a local operator (simulated or a teleop device) and/or the remote console."""
+
+    # none | simulated (the scripted expert of sim/) | lerobot_teleop (a lerobot Teleoperator) | factory.
+    type: str = "none"
+    # Accept the console's take-over / hand-back / teleop actions / outcome labels over Operator.Session.
+    remote: bool = True
+    seed: int = 0
+    # type=lerobot_teleop: YAML file of a lerobot TeleoperatorConfig (with its `type`).
+    teleop_config: str | None = None
+    # type=lerobot_teleop: without intervention events from the device, drive whenever it is read (True)
+    # or only while the console has taken over (False).
+    teleop_always_intervenes: bool = False
+    # A remote operator's teleop action older than this is not replayed: the robot holds still instead.
+    teleop_timeout_s: float = 0.5
+    # type=factory: "package.module:function" returning a `robot_client.operators.OperatorInput`.
+    factory: str | None = None
+
+    def __post_init__(self) -> None:
+        _one_of("operator", "type", self.type, OPERATOR_TYPES)
+        _positive("operator", teleop_timeout_s=self.teleop_timeout_s)
+        if self.type == "lerobot_teleop" and self.teleop_config is None:
+            raise ValueError("operator.teleop_config is required when operator.type is lerobot_teleop")
+        if self.type == "factory":
+            if self.factory is None:
+                raise ValueError("operator.factory is required when operator.type is factory")
+            _factory_path("operator", self.factory)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The policy the robot runs and how new checkpoints are taken in."""
+
+    # Base checkpoint (directory or .safetensors blob, sop/checkpoint.py format) used when no newer
+    # checkpoint has been received yet. Without it, and without a last good checkpoint, the robot waits
+    # for the learner's first checkpoint before it starts an episode.
+    base_checkpoint: str | None = None
+    # Where a new checkpoint is swapped in: at the next episode boundary (default), or at the next action
+    # chunk boundary within an episode.
+    swap_at: str = "episode"
+    # Sampler the policy runs (rti | ddpm | ddim); RTI warm-starts each chunk from the previous one.
+    sampler: str = "rti"
+    # torch intra-op threads of the policy (the control thread and the uploader share a small CPU).
+    num_threads: int = 1
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        _one_of("policy", "swap_at", self.swap_at, SWAP_POINTS)
+        _one_of("policy", "sampler", self.sampler, ("rti", "ddpm", "ddim"))
+        _positive("policy", num_threads=self.num_threads)
+        if self.base_checkpoint is not None and not Path(self.base_checkpoint).exists():
+            raise ValueError(f"policy.base_checkpoint: {self.base_checkpoint} does not exist")
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    """The local spool: every step is written as the episode runs, so a crash loses at most a few steps."""
+
+    # Cap on the spool's size on disk. When a new episode would start above it, the oldest fully
+    # autonomous episodes (no intervention frames) are evicted first, each one logged and counted; when
+    # only episodes with interventions are left, the new episode is run but not recorded, logged and
+    # counted. Intervention frames are the scarcest data a robot produces, so they are the last to go.
+    max_bytes: int = 8 * GIB
+    # What a restart does with an episode a killed daemon left half-written: upload_aborted (recommended:
+    # its intervention frames are valid expert labels) or discard.
+    partial_episodes: str = "upload_aborted"
+    # fsync the spool as it is written (off only in benchmarks that measure something else).
+    durable: bool = True
+    # Steps queued between the control thread and the spool writer; the control loop never waits on disk.
+    # A full queue drops the step, and counts and logs the drop.
+    recorder_queue_steps: int = 1024
+    # Steps buffered before they are written to the partial episode on disk: what a crash can lose at most
+    # (plus the queue). Each write costs a few milliseconds on the writer thread.
+    flush_every_steps: int = 10
+
+    def __post_init__(self) -> None:
+        _positive(
+            "spool",
+            max_bytes=self.max_bytes,
+            recorder_queue_steps=self.recorder_queue_steps,
+            flush_every_steps=self.flush_every_steps,
+        )
+        _one_of("spool", "partial_episodes", self.partial_episodes, PARTIAL_EPISODE_POLICIES)
+
+
+@dataclass(frozen=True)
+class UploadConfig:
+    """The background uploader."""
+
+    # Largest chunk sent (the learner may ask for less in RegisterResponse; the protocol caps it at 1 MiB).
+    max_chunk_bytes: int = MIB
+    # Exponential back-off with full jitter between failed attempts.
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    # RESOURCE_EXHAUSTED (the learner sheds load) waits at least this long before the next try.
+    resource_exhausted_min_s: float = 2.0
+    # FAILED_PRECONDITION (chunks the learner holds disagree with ours) is retried this many times, then
+    # the episode is quarantined like an invalid one.
+    max_precondition_failures: int = 3
+    # How often the uploader looks at the spool when nothing wakes it.
+    poll_interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_chunk_bytes <= MIB:
+            raise ValueError(f"upload.max_chunk_bytes must be in 1..{MIB}, got {self.max_chunk_bytes}")
+        _positive(
+            "upload",
+            backoff_initial_s=self.backoff_initial_s,
+            backoff_max_s=self.backoff_max_s,
+            max_precondition_failures=self.max_precondition_failures,
+            poll_interval_s=self.poll_interval_s,
+        )
+        _non_negative("upload", resource_exhausted_min_s=self.resource_exhausted_min_s)
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("upload.backoff_max_s must be >= upload.backoff_initial_s")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics, periodic log lines and heartbeats."""
+
+    # Port of the Prometheus HTTP endpoint (None: no endpoint; the metrics still go to logs and heartbeats).
+    http_port: int | None = None
+    http_host: str = "127.0.0.1"
+    # A log line with the health figures every this many seconds (0: never).
+    log_interval_s: float = 10.0
+    # Heartbeat period; None: what the learner asks for in RegisterResponse.
+    heartbeat_interval_s: float | None = None
+    # Loop periods, inference times etc. kept for the p50 / p99 figures.
+    window: int = 2048
+    # Append one JSON line per finished episode here (None: no log). The fleet harness reads it.
+    episode_log: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.http_port is not None and not 0 <= self.http_port <= 65535:
+            raise ValueError(f"metrics.http_port must be in 0..65535, got {self.http_port}")
+        _non_negative("metrics", log_interval_s=self.log_interval_s)
+        if self.heartbeat_interval_s is not None:
+            _positive("metrics", heartbeat_interval_s=self.heartbeat_interval_s)
+        _positive("metrics", window=self.window)
+
+
+@dataclass(frozen=True)
+class RobotConfig:
+    """`sop robot run`: one robot, its policy, its operator inputs, its spool and its link to the learner."""
+
+    robot_id: str = "robot-0"
+    # Root of everything the daemon writes; the robot's files go to data_dir/<robot_id>/.
+    data_dir: str = "runs/robots"
+    learner: LearnerLinkConfig = field(default_factory=LearnerLinkConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    robot: RobotPluginConfig = field(default_factory=RobotPluginConfig)
+    operator: OperatorConfig = field(default_factory=OperatorConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    upload: UploadConfig = field(default_factory=UploadConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not self.robot_id or any(c.isspace() or c in "/\\" for c in self.robot_id):
+            raise ValueError(
+                f"robot_id must be a non-empty name without spaces or slashes, got {self.robot_id!r}"
+            )
+        if not self.data_dir:
+            raise ValueError("data_dir must be a directory path")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+
+    @property
+    def robot_dir(self) -> Path:
+        return Path(self.data_dir) / self.robot_id
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.robot_dir / "spool"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.robot_dir / "quarantine"
+
+    @property
+    def policy_dir(self) -> Path:
+        return self.robot_dir / "policy"

@@ -1,0 +1,373 @@
+"""The control loop: observation -> policy proposal -> intervention gate -> robot, at a fixed rate, on its
+own thread; every step goes to the recorder, every few steps a telemetry snapshot to the console.
+
+Timing. Ticks are scheduled on an absolute grid (t0 + k * period), so sleep overshoots never accumulate.
+A tick whose work runs past the next tick's start is a deadline miss: it is counted
+(`sop_robot_deadline_misses`), the late period shows in the period-error figures, and the grid is
+re-anchored at the late tick rather than run in a burst to catch up. Nothing is absorbed silently. In
+free-running mode (simulation) there is no grid: the loop runs as fast as the CPU allows.
+
+Policies. The policy runs its action-chunk queue behind `act()` (RTI warm starts between chunks); the
+loop measures the calls that computed a chunk as inference time. A new checkpoint, loaded in the
+background by PolicySync, is taken from the `PolicySlot` only at an episode boundary (default) or, when
+configured, at an action-chunk boundary, and always starts with a full solve.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from robot_client.config import RobotConfig
+from robot_client.intervention_gate import InterventionGate
+from robot_client.metrics import RobotMetrics
+from robot_client.operator_session import TelemetrySnapshot
+from robot_client.operators import OperatorPanel
+from robot_client.policy_sync import LoadedPolicy, PolicySlot
+from robot_client.recorder import EpisodeRecorder
+from robot_client.robots import Observation, Robot
+from sop.episode import (
+    ACTION,
+    IMAGE_PREFIX,
+    INTERVENTION,
+    POLICY_ACTION,
+    POLICY_VERSION,
+    REWARD,
+    STATE,
+    TIMESTAMP,
+    Outcome,
+    new_episode_id,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Pacer:
+    """Fixed-rate ticks on an absolute grid; reports each tick's period and counts overruns."""
+
+    def __init__(self, period_s: float, free_running: bool, metrics: RobotMetrics) -> None:
+        self.period_s = period_s
+        self.free_running = free_running
+        self.metrics = metrics
+        self._next = 0.0
+        self._last_start: float | None = None
+        self.tick_start = 0.0
+
+    def restart(self) -> None:
+        """A new episode: the grid starts now and the first tick has no previous tick to compare with."""
+        self._next = time.perf_counter()
+        self._last_start = None
+
+    def wait(self) -> None:
+        """Sleep until this tick's slot, then mark the tick's start."""
+        if not self.free_running:
+            remaining = self._next - time.perf_counter()
+            if remaining > 0:
+                time.sleep(remaining)
+        self.tick_start = time.perf_counter()
+
+    def done(self) -> None:
+        """The tick's work is finished: record its timing and find the next slot."""
+        end = time.perf_counter()
+        start = self.tick_start
+        period = None if self._last_start is None else start - self._last_start
+        self._last_start = start
+        self.metrics.record_tick(period if not self.free_running else None, self.period_s, end - start)
+        if self.free_running:
+            return
+        self._next += self.period_s
+        if end > self._next:
+            self.metrics.deadline_misses.inc()
+            self._next = end  # re-anchor: run the next tick now, late, and keep the period from there
+
+
+@dataclass
+class EpisodeSummary:
+    episode_id: str
+    outcome: Outcome
+    steps: int
+    intervention_steps: int
+    policy_versions: list[int] = field(default_factory=list)  # the version of every step, in order
+    success: bool = False
+    task: str = ""
+    take_overs: int = 0
+    ended_at: float = 0.0
+
+    def log_record(self, robot_id: str) -> dict[str, object]:
+        """One line of the episode log (JSON): what the fleet harness plots and reports."""
+        return {
+            "robot_id": robot_id,
+            "episode_id": self.episode_id,
+            "task": self.task,
+            "outcome": str(self.outcome),
+            "num_steps": self.steps,
+            "intervention_frames": self.intervention_steps,
+            "take_overs": self.take_overs,
+            "policy_version": self.policy_versions[-1] if self.policy_versions else 0,
+            "ended_at": self.ended_at,
+        }
+
+
+def set_realtime_priority(priority: int) -> bool:
+    """Put the calling thread in SCHED_FIFO; False (logged) when the system does not allow it."""
+    if priority <= 0:
+        return False
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (PermissionError, OSError, AttributeError) as exc:
+        log.warning(
+            "control.realtime_priority=%d not applied (%s); running with normal scheduling", priority, exc
+        )
+        return False
+    return True
+
+
+class ControlLoop:
+    def __init__(
+        self,
+        config: RobotConfig,
+        robot: Robot,
+        panel: OperatorPanel,
+        recorder: EpisodeRecorder,
+        slot: PolicySlot,
+        metrics: RobotMetrics,
+        initial_policy: LoadedPolicy | None = None,
+        telemetry: Callable[[TelemetrySnapshot], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.robot = robot
+        self.panel = panel
+        self.recorder = recorder
+        self.slot = slot
+        self.metrics = metrics
+        self.telemetry = telemetry
+        self.current = initial_policy
+        self.gate = InterventionGate(robot.hold_action, robot.action_dim)
+        self.pacer = Pacer(config.control.period_s, config.control.free_running, metrics)
+        self.summaries: list[EpisodeSummary] = []
+        self._steps_in_chunk = 0
+        if initial_policy is not None:
+            metrics.policy_version.set(initial_policy.version)
+
+    @property
+    def policy_version(self) -> int:
+        return self.current.version if self.current is not None else 0
+
+    # Swapping ---------------------------------------------------------------------------------------------
+
+    def _swap_if_pending(self, where: str) -> bool:
+        pending = self.slot.take()
+        if pending is None:
+            return False
+        if self.current is not None and pending.version <= self.current.version:
+            log.info("ignoring pending policy v%d: v%d already runs", pending.version, self.current.version)
+            return False
+        previous = self.policy_version
+        self.current = pending
+        pending.policy.reset()
+        self._steps_in_chunk = 0
+        self.metrics.policy_swaps.inc()
+        self.metrics.policy_version.set(pending.version)
+        log.info("swapped policy v%d -> v%d at %s boundary", previous, pending.version, where)
+        return True
+
+    def _at_chunk_boundary(self) -> bool:
+        horizon = int(getattr(self.current.policy, "execution_horizon", 1)) if self.current else 1
+        return self._steps_in_chunk == 0 or self._steps_in_chunk >= horizon
+
+    def _propose(self, observation: Observation) -> np.ndarray:
+        """The policy's action for this observation; a call that computed a chunk counts as inference."""
+        assert self.current is not None
+        policy = self.current.policy
+        before = getattr(policy, "chunks_predicted", None)
+        t0 = time.perf_counter()
+        action = np.asarray(policy.act(observation.policy_input()), dtype=np.float32)
+        elapsed = time.perf_counter() - t0
+        if before is None or policy.chunks_predicted != before:  # type: ignore[attr-defined]
+            self.metrics.record_inference(elapsed, bool(getattr(policy, "last_chunk_warm_started", True)))
+            self._steps_in_chunk = 0
+        self._steps_in_chunk += 1
+        return action
+
+    def _wait_for_first_policy(self, stop: threading.Event) -> bool:
+        if self.current is not None:
+            return True
+        log.warning("no base and no last good checkpoint: waiting for the learner's first checkpoint")
+        while not stop.is_set():
+            if self.slot.available.wait(0.1) and self._swap_if_pending("start"):
+                return True
+        return False
+
+    # Running ----------------------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, max_episodes: int = 0) -> list[EpisodeSummary]:
+        """Run episodes until `stop` is set or `max_episodes` (0: no limit) have finished."""
+        set_realtime_priority(self.config.control.realtime_priority)
+        while not stop.is_set() and (max_episodes == 0 or len(self.summaries) < max_episodes):
+            if not self._wait_for_first_policy(stop):
+                break
+            summary = self.run_episode(stop)
+            self.summaries.append(summary)
+            self._append_episode_log(summary)
+            if self.config.control.episode_gap_s and not stop.is_set():
+                stop.wait(self.config.control.episode_gap_s)
+        return self.summaries
+
+    def _append_episode_log(self, summary: EpisodeSummary) -> None:
+        path = self.config.metrics.episode_log
+        if path is None:
+            return
+        line = json.dumps(summary.log_record(self.config.robot_id)) + "\n"
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a") as log_file:
+                log_file.write(line)
+        except OSError as exc:
+            log.error("cannot append to the episode log %s: %s", path, exc)
+
+    def _snapshot(
+        self, episode_id: str, step: int, observation: Observation, intervening: bool, outcome: str = ""
+    ) -> TelemetrySnapshot:
+        frame = next(iter(observation.images.values())) if observation.images else None
+        return TelemetrySnapshot(
+            episode_id,
+            step,
+            observation.task,
+            observation.instruction,
+            self.policy_version,
+            intervening,
+            observation.state,
+            frame,
+            time.time(),
+            outcome,
+        )
+
+    def run_episode(self, stop: threading.Event) -> EpisodeSummary:
+        config = self.config
+        self._swap_if_pending("episode")
+        assert self.current is not None
+        self.current.policy.reset()
+        self._steps_in_chunk = 0
+        self.gate.reset()
+        episode_id = new_episode_id()
+        observation = self.robot.start_episode()
+        started_at = time.time()  # the first observation's time stamp
+        self.panel.begin_episode(episode_id, observation)
+        self.recorder.begin(
+            episode_id,
+            config.robot_id,
+            observation.task,
+            observation.instruction,
+            config.control.rate_hz,
+            started_at,
+        )
+        telemetry_every = max(1, round(config.control.rate_hz / config.control.telemetry_hz))
+        swap_at_chunks = config.policy.swap_at == "chunk"
+        versions: list[int] = []
+        success = False
+        label: Outcome | None = None
+        done = False
+        stopped = False
+        interventions = 0
+        take_overs = 0
+        step = 0
+        # The first chunk of an episode is a full solve (no warm start yet): it is computed before the
+        # grid starts, while the robot stands at its start pose, instead of stalling the first tick.
+        first_action: np.ndarray | None = self._propose(observation)
+        self.pacer.restart()
+        while not done and step < config.control.max_episode_steps:
+            if stop.is_set():
+                stopped = True
+                break
+            self.pacer.wait()
+            stamp = time.time() if step else started_at
+            if first_action is not None:
+                policy_action, first_action = first_action, None
+            else:
+                if swap_at_chunks and self._at_chunk_boundary() and self.slot.pending_version is not None:
+                    self._swap_if_pending("chunk")
+                policy_action = self._propose(observation)
+            policy = self.current.policy
+
+            decision = self.panel.step(observation, policy_action, success)
+            gate = self.gate.decide(observation, policy_action, decision)
+            if gate.took_over:
+                self.metrics.takeovers.inc()
+                take_overs += 1
+            if gate.handed_back:
+                policy.invalidate_warm_start()  # the queued chunk assumed a trajectory the robot left
+                self._steps_in_chunk = 0
+            if decision.event:
+                log.info("episode %s step %d: %s", episode_id[:8], step, decision.event)
+            if decision.outcome is not None:
+                label = decision.outcome
+
+            self.metrics.action_latency.add(time.perf_counter() - self.pacer.tick_start)
+            result = self.robot.step(gate.action)
+            executed = result.applied_action if result.applied_action is not None else gate.action
+            record = {
+                STATE: observation.state,
+                ACTION: executed,
+                POLICY_ACTION: policy_action,
+                INTERVENTION: np.bool_(gate.intervening),
+                POLICY_VERSION: np.int64(self.current.version),
+                TIMESTAMP: np.float64(stamp),
+                REWARD: np.float32(result.reward),
+            }
+            for camera, image in observation.images.items():
+                record[IMAGE_PREFIX + camera] = image
+            self.recorder.add_step(record)
+            versions.append(self.current.version)
+            interventions += int(gate.intervening)
+            success = success or result.success
+            step += 1
+            done = result.done or decision.end_episode or (success and config.control.end_on_success)
+            if self.telemetry is not None and step % telemetry_every == 0:
+                self.telemetry(self._snapshot(episode_id, step, result.observation, gate.intervening))
+            observation = result.observation
+            self.pacer.done()
+
+        if self.panel.remote is not None:
+            label = self.panel.remote.take_label(episode_id) or label
+        if label is not None:
+            self.metrics.operator_labels.labels("applied").inc()
+        if stopped:
+            outcome = Outcome.ABORTED
+        elif label is not None:
+            outcome = label
+        elif success:
+            outcome = Outcome.SUCCESS
+        else:
+            outcome = Outcome.TIMEOUT
+        self.recorder.finish(outcome if step > 0 else None, time.time())
+        self.metrics.episodes.labels(str(outcome)).inc()
+        self.metrics.intervention_steps.inc(interventions)
+        if self.telemetry is not None:
+            self.telemetry(self._snapshot(episode_id, step, observation, False, str(outcome)))
+        log.info(
+            "episode %s: %s after %d steps (%d under intervention), policy v%s",
+            episode_id[:8],
+            outcome,
+            step,
+            interventions,
+            sorted(set(versions)),
+        )
+        return EpisodeSummary(
+            episode_id,
+            outcome,
+            step,
+            interventions,
+            policy_versions=versions,
+            success=success,
+            task=observation.task,
+            take_overs=take_overs,
+            ended_at=time.time(),
+        )

@@ -1,0 +1,376 @@
+"""The robot daemon: one robot, its policy, its operators, its spool, its link to the learner.
+
+    sop robot run --config configs/robot.yaml --learner HOST:PORT --robot-id ID --token-file FILE
+
+Threads: the control loop (fixed rate, its own thread), the spool writer, the uploader, PolicySync (watch
++ fetch/verify/load), fleet membership (register + heartbeats), the operator session, and a metrics
+logger. Only the control thread touches the robot and the running policy; everything else reaches it
+through a queue (recorder), a slot (new policies) or a lock-protected command state (console).
+
+Python API (what the fleet harness uses):
+
+    daemon = RobotDaemon(config)            # or RobotDaemon(config, robot=..., operator=..., policy_loader=...)
+    daemon.start(max_episodes=10)           # returns at once; the control loop runs on its own thread
+    daemon.wait(timeout_s)                  # until the episodes are done (or the control loop failed)
+    daemon.wait_for_uploads(timeout_s)      # until the spool is empty
+    daemon.stop()                           # an episode in progress ends as `aborted` and is kept
+    summaries = daemon.run(max_episodes=10) # start + wait + stop
+
+    process = spawn_daemon_process(["--config", "configs/robot.yaml", "--robot-id", "r1", ...])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from robot_client.config import PolicyConfig, RobotConfig
+from robot_client.control_loop import ControlLoop, EpisodeSummary
+from robot_client.fleet_membership import FleetMembership, client_version
+from robot_client.learner_channel import LearnerChannel
+from robot_client.metrics import RobotMetrics
+from robot_client.operator_session import OperatorSession
+from robot_client.operators import OperatorInput, OperatorPanel, RemoteCommands, make_local_operator
+from robot_client.policy_sync import (
+    LastGoodCheckpoint,
+    LoadedPolicy,
+    Policy,
+    PolicyLoader,
+    PolicySlot,
+    PolicySync,
+    read_checkpoint_blob,
+)
+from robot_client.recorder import EpisodeRecorder, Spool
+from robot_client.robots import LeRobotRobot, Robot, make_robot
+from robot_client.uploader import Uploader
+from sop.checkpoint import CheckpointError, read_manifest_from_bytes
+from sop.config import parse_config
+from sop.v1 import fleet_pb2
+
+log = logging.getLogger(__name__)
+
+# The short flags of `sop robot run`, spelled as the config keys they set.
+FLAG_ALIASES = {
+    "--learner": "--learner.address",
+    "--robot-id": "--robot_id",
+    "--token-file": "--learner.token_file",
+    "--tls-ca-file": "--learner.tls_ca_file",
+    "--max-episodes": "--control.max_episodes",
+    "--data-dir": "--data_dir",
+}
+
+
+def make_policy_loader(config: PolicyConfig) -> PolicyLoader:
+    """Checkpoint blob -> a ready `sop.policies` policy with the configured sampler (RTI by default)."""
+
+    def load(blob: bytes, expected_sha256: str | None) -> Policy:
+        from sop.policies import SamplerConfig, SamplerKind, load_policy
+
+        return load_policy(
+            blob, SamplerConfig(kind=SamplerKind(config.sampler)), config.device, expected_sha256
+        )
+
+    return load
+
+
+class RobotDaemon:
+    """See the module docstring. `robot`, `operator` and `policy_loader` override what the config names
+    (tests and the fleet harness inject their own); `base_policy` is used when no checkpoint is on disk."""
+
+    def __init__(
+        self,
+        config: RobotConfig,
+        *,
+        robot: Robot | None = None,
+        operator: OperatorInput | None = None,
+        policy_loader: PolicyLoader | None = None,
+        base_policy: Policy | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = RobotMetrics(config.robot_id, window=config.metrics.window)
+        self.policy_loader = policy_loader or make_policy_loader(config.policy)
+        self._robot = robot
+        self._operator = operator
+        self._base_policy = base_policy
+        self.slot = PolicySlot()
+        self.spool: Spool | None = None
+        self.recorder: EpisodeRecorder | None = None
+        self.link: LearnerChannel | None = None
+        self.uploader: Uploader | None = None
+        self.policy_sync: PolicySync | None = None
+        self.membership: FleetMembership | None = None
+        self.session: OperatorSession | None = None
+        self.remote: RemoteCommands | None = None
+        self.loop: ControlLoop | None = None
+        self.recovered: list[str] = []
+        self.error: BaseException | None = None
+        self.metrics_port: int | None = None
+        self._stop = threading.Event()
+        self._control_thread: threading.Thread | None = None
+        self._logger_thread: threading.Thread | None = None
+        self._started = False
+
+    # Policies ---------------------------------------------------------------------------------------------
+
+    def _initial_policy(self) -> LoadedPolicy | None:
+        """The newest policy on disk: the last good checkpoint, else the base checkpoint, else `base_policy`."""
+        base_blob: bytes | None = None
+        base_version = -1
+        if self.config.policy.base_checkpoint is not None:
+            base_blob = read_checkpoint_blob(self.config.policy.base_checkpoint)
+            base_version = read_manifest_from_bytes(base_blob, self.config.policy.base_checkpoint).version
+        last_good = LastGoodCheckpoint(self.config.policy_dir).load()
+        if last_good is not None and last_good[1] >= base_version:
+            blob, version, digest = last_good
+            try:
+                loaded = LoadedPolicy(self.policy_loader(blob, digest), version, digest, "last_good")
+                log.info("running the last good checkpoint v%d from %s", version, self.config.policy_dir)
+                return loaded
+            except (CheckpointError, ValueError, RuntimeError) as exc:
+                self.metrics.checkpoints_rejected.labels("last_good_unloadable").inc()
+                log.error(
+                    "last good checkpoint v%d cannot be loaded (%s); falling back to the base", version, exc
+                )
+        if base_blob is not None:
+            digest = hashlib.sha256(base_blob).hexdigest()
+            policy = self.policy_loader(base_blob, digest)
+            log.info(
+                "running the base checkpoint v%d (%s)", policy.version, self.config.policy.base_checkpoint
+            )
+            return LoadedPolicy(policy, int(policy.version), digest, "base")
+        if self._base_policy is not None:
+            return LoadedPolicy(self._base_policy, int(self._base_policy.version), "", "base")
+        return None
+
+    @property
+    def policy_version(self) -> int:
+        return self.loop.policy_version if self.loop is not None else 0
+
+    def _wanted_version(self) -> int:
+        return max(self.policy_version, self.slot.pending_version or 0)
+
+    # Lifecycle --------------------------------------------------------------------------------------------
+
+    def start(self, max_episodes: int | None = None) -> None:
+        """Bring everything up and start the control loop on its own thread; returns at once."""
+        if self._started:
+            raise RuntimeError("RobotDaemon.start() called twice; make a new daemon to run again")
+        self._started = True
+        config = self.config
+        sys.setswitchinterval(config.control.gil_switch_interval_s)
+        config.robot_dir.mkdir(parents=True, exist_ok=True)
+
+        self.spool = Spool(config.spool_dir, config.quarantine_dir, config.spool, self.metrics)
+        self.recovered = self.spool.recover_partials()
+        robot = self._robot if self._robot is not None else make_robot(config.robot, config.control)
+        self._robot = robot
+        initial = self._initial_policy()
+
+        if config.learner.address is not None:
+            self.link = LearnerChannel(config.learner, config.robot_id)
+            self.uploader = Uploader(config, self.link, self.spool, self.metrics)
+            self.membership = FleetMembership(
+                config, self.link, self.metrics, self._capabilities(robot), lambda: self.policy_version
+            )
+            self.uploader.limits = self.membership.limits
+            self.policy_sync = PolicySync(
+                config, self.link, self.policy_loader, self.slot, self.metrics, self._wanted_version
+            )
+            if config.operator.remote:
+                self.remote = RemoteCommands(config.operator.teleop_timeout_s)
+                self.session = OperatorSession(config, self.link, self.remote, self.metrics)
+        else:
+            log.warning("learner.address is not set: running offline, episodes stay in %s", config.spool_dir)
+
+        self.recorder = EpisodeRecorder(
+            self.spool,
+            config.spool,
+            self.metrics,
+            on_committed=self.uploader.wake if self.uploader is not None else (lambda episode_id: None),
+            busy=self.uploader.busy if self.uploader is not None else set,
+        )
+        local = self._operator
+        if local is None:
+            action_keys = robot.action_keys if isinstance(robot, LeRobotRobot) else None
+            local = make_local_operator(config.operator, config.robot, action_keys)
+        self.loop = ControlLoop(
+            config,
+            robot,
+            OperatorPanel(local, self.remote),
+            self.recorder,
+            self.slot,
+            self.metrics,
+            initial,
+            telemetry=self.session.publish if self.session is not None else None,
+        )
+
+        self.recorder.start()
+        for part in (self.uploader, self.membership, self.policy_sync, self.session):
+            if part is not None:
+                part.start()
+        if config.metrics.http_port is not None:
+            self.metrics_port = self.metrics.serve_http(config.metrics.http_port, config.metrics.http_host)
+            log.info(
+                "Prometheus metrics on http://%s:%d/metrics", config.metrics.http_host, self.metrics_port
+            )
+        if config.metrics.log_interval_s > 0:
+            self._logger_thread = threading.Thread(
+                target=self._log_metrics, name=f"{config.robot_id}-metrics", daemon=True
+            )
+            self._logger_thread.start()
+        episodes = config.control.max_episodes if max_episodes is None else max_episodes
+        self._control_thread = threading.Thread(
+            target=self._control, args=(episodes,), name=f"{config.robot_id}-control", daemon=True
+        )
+        self._control_thread.start()
+
+    def _capabilities(self, robot: Robot) -> fleet_pb2.RobotCapabilities:
+        return fleet_pb2.RobotCapabilities(
+            tasks=[robot.task],
+            state_dim=robot.state_dim,
+            action_dim=robot.action_dim,
+            cameras=list(robot.cameras),
+            client_version=client_version(),
+        )
+
+    def _control(self, max_episodes: int) -> None:
+        assert self.loop is not None
+        try:
+            self.loop.run(self._stop, max_episodes)
+        except BaseException as exc:  # reported by wait()/run(); the daemon must not die silently
+            self.error = exc
+            log.exception("control loop failed")
+
+    def _log_metrics(self) -> None:
+        while not self._stop.wait(self.config.metrics.log_interval_s):
+            log.info("%s | %s", self.config.robot_id, self.metrics.snapshot().log_line())
+
+    def request_stop(self) -> None:
+        """Ask the control loop to end (signal handlers call this); `stop()` does the rest."""
+        self._stop.set()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait for the control loop to finish its episodes; True when it has."""
+        if self._control_thread is None:
+            return True
+        self._control_thread.join(timeout_s)
+        return not self._control_thread.is_alive()
+
+    def wait_for_uploads(self, timeout_s: float) -> bool:
+        """Wait until every recorded episode has been committed by the learner (or quarantined)."""
+        deadline = time.monotonic() + timeout_s
+        if self.recorder is not None:
+            self.recorder.drain(timeout_s)
+        while time.monotonic() < deadline:
+            if self.spool is not None and not self.spool.pending():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop everything. An episode in progress ends as `aborted` and stays in the spool for upload."""
+        self._stop.set()
+        self.wait(timeout_s)
+        if self.recorder is not None:
+            self.recorder.stop(timeout_s)
+        for part in (self.session, self.policy_sync, self.membership, self.uploader):
+            if part is not None:
+                part.stop()
+        if self.link is not None:
+            self.link.close()
+        if self._logger_thread is not None:
+            self._logger_thread.join(1.0)
+        if self.loop is not None:
+            self.loop.panel.close()
+        if self._robot is not None:
+            self._robot.close()
+        self.metrics.close()
+
+    def run(self, max_episodes: int | None = None) -> list[EpisodeSummary]:
+        """start + wait + stop; raises what made the control loop fail."""
+        self.start(max_episodes)
+        try:
+            self.wait()
+        finally:
+            self.stop()
+        if self.error is not None:
+            raise self.error
+        return self.summaries
+
+    @property
+    def summaries(self) -> list[EpisodeSummary]:
+        return self.loop.summaries if self.loop is not None else []
+
+
+def translate_flags(argv: Sequence[str]) -> list[str]:
+    """`--learner X` -> `--learner.address X` etc.; `--flag=value` forms too."""
+    out = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        if name in FLAG_ALIASES:
+            out.append(FLAG_ALIASES[name] + (sep + value if sep else ""))
+        else:
+            out.append(arg)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = translate_flags(sys.argv[1:] if argv is None else argv)
+    config = parse_config(RobotConfig, args)
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    import torch
+
+    torch.set_num_threads(config.policy.num_threads)
+    daemon = RobotDaemon(config)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping after the current step", signum)
+        daemon.request_stop()
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        daemon.start()
+        while not daemon.wait(0.5):
+            pass
+    finally:
+        daemon.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if daemon.error is not None:
+        log.error("robot daemon failed: %s", daemon.error)
+        return 1
+    return 0
+
+
+def spawn_daemon_process(
+    args: Sequence[str], env: dict[str, str] | None = None, log_file: str | Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Run `sop robot run ARGS` as a child process (the fleet harness, the crash-recovery test)."""
+    environment = dict(os.environ if env is None else env)
+    environment.setdefault("OMP_NUM_THREADS", "1")
+    output: Any = open(log_file, "ab") if log_file is not None else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "robot_client.daemon", *args],
+            env=environment,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    finally:
+        if log_file is not None:
+            output.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""PolicySync over real gRPC: swaps only at boundaries, tampered checkpoints refused while the old policy
+keeps running, fetches that resume from their offset, the last good checkpoint surviving a restart."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+
+from fake_learner import FakeLearner
+from robot_fakes import ConfigFactory, FakePolicy, FakeRobot, fake_blob, fake_policy_loader, tamper
+
+from robot_client.config import ControlConfig, PolicyConfig
+from robot_client.daemon import RobotDaemon
+from sop.episode import ACTION, POLICY_VERSION
+
+
+def make_daemon(config: object, base_version: int = 1) -> RobotDaemon:
+    return RobotDaemon(
+        config,  # type: ignore[arg-type]
+        robot=FakeRobot(),
+        policy_loader=fake_policy_loader,
+        base_policy=FakePolicy(base_version),
+    )
+
+
+def rejected(daemon: RobotDaemon) -> dict[str, float]:
+    return {
+        sample.labels["reason"]: sample.value
+        for family in daemon.metrics.checkpoints_rejected.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+
+
+def test_swaps_happen_only_at_episode_boundaries(learner: FakeLearner, robot_config: ConfigFactory) -> None:
+    config = robot_config(learner.address, control=ControlConfig(rate_hz=200.0, max_episode_steps=40))
+    daemon = make_daemon(config)
+    daemon.start(max_episodes=8)
+    assert learner.wait_for(lambda: len(daemon.summaries) >= 1)
+    learner.publish(2, fake_blob(2))
+    assert learner.wait_for(lambda: daemon.policy_version == 2)
+    learner.publish(3, fake_blob(3))
+    assert daemon.wait(15)
+    assert daemon.wait_for_uploads(10)
+    daemon.stop()
+
+    versions = [s.policy_versions for s in daemon.summaries]
+    assert all(len(set(v)) == 1 for v in versions), "a policy changed within an episode"
+    per_episode = [v[0] for v in versions]
+    assert per_episode == sorted(per_episode) and per_episode[0] == 1 and per_episode[-1] == 3
+    # The recorded frames agree: the version column is constant per episode and matches the actions.
+    for episode in learner.state.committed.values():
+        version = set(episode.steps[POLICY_VERSION].tolist())
+        assert len(version) == 1
+        assert abs(float(episode.steps[ACTION][0, 0]) - version.pop() / 100) < 1e-6
+    assert daemon.metrics.snapshot()["policy_swaps"] == 2
+
+
+def test_chunk_boundary_swaps_land_on_chunk_starts(learner: FakeLearner, robot_config: ConfigFactory) -> None:
+    config = robot_config(
+        learner.address,
+        control=ControlConfig(rate_hz=200.0, max_episode_steps=300),
+        policy=PolicyConfig(swap_at="chunk"),
+    )
+    daemon = make_daemon(config)
+    daemon.start(max_episodes=1)
+    assert learner.wait_for(lambda: daemon.loop is not None and daemon.metrics.snapshot()["steps"] > 10)
+    learner.publish(2, fake_blob(2, execution_horizon=4))
+    assert daemon.wait(15)
+    daemon.stop()
+    (summary,) = daemon.summaries
+    changes = [
+        i for i in range(1, summary.steps) if summary.policy_versions[i] != summary.policy_versions[i - 1]
+    ]
+    assert len(changes) == 1, "v2 did not arrive within the episode"
+    # v1 predicted chunks of 4 from step 0, so chunk boundaries are multiples of 4.
+    assert changes[0] % 4 == 0
+    assert summary.policy_versions[-1] == 2
+
+
+def test_tampered_checkpoints_are_refused_and_the_old_policy_keeps_running(
+    learner: FakeLearner, robot_config: ConfigFactory
+) -> None:
+    config = robot_config(learner.address, control=ControlConfig(rate_hz=200.0, max_episode_steps=20))
+    daemon = make_daemon(config)
+    daemon.start(max_episodes=0)
+    good2 = fake_blob(2)
+    # Bytes altered in transit: they do not hash to the announced sha256.
+    learner.publish(2, tamper(good2), announced_sha256=hashlib.sha256(good2).hexdigest())
+    assert learner.wait_for(lambda: rejected(daemon).get("sha256_mismatch") == 1)
+    # A learner that announces the hash of altered bytes: the weights no longer match the manifest.
+    learner.publish(3, tamper(fake_blob(3)))
+    assert learner.wait_for(lambda: rejected(daemon).get("load_failed") == 1)
+    episodes_before = len(daemon.summaries)
+    assert learner.wait_for(lambda: len(daemon.summaries) >= episodes_before + 2)
+    assert daemon.policy_version == 1
+    assert all(set(s.policy_versions) == {1} for s in daemon.summaries)
+    # A good checkpoint after the bad ones is taken.
+    learner.publish(4, fake_blob(4))
+    assert learner.wait_for(lambda: daemon.policy_version == 4)
+    daemon.stop()
+    assert rejected(daemon) == {"sha256_mismatch": 1.0, "load_failed": 1.0}
+    # Each bad checkpoint was fetched once, not again and again.
+    assert daemon.policy_sync is not None and len(daemon.policy_sync.rejected) == 2
+
+
+def test_fetch_resumes_from_its_offset_after_a_cut(learner: FakeLearner, robot_config: ConfigFactory) -> None:
+    blob = fake_blob(2, weight_elems=40_000)  # 160 KB: ten 16 KiB chunks
+    learner.state.fetch_cut_after_bytes = 48 * 1024
+    config = robot_config(learner.address, control=ControlConfig(rate_hz=200.0, max_episode_steps=10))
+    daemon = make_daemon(config)
+    daemon.start(max_episodes=0)
+    learner.publish(2, blob)
+    assert learner.wait_for(lambda: daemon.policy_version == 2)
+    daemon.stop()
+    offsets = learner.state.fetch_offsets
+    assert offsets[0] == 0 and offsets[1] == 48 * 1024, offsets
+    assert daemon.metrics.snapshot()["checkpoints_rejected"] == 0
+
+
+def test_a_restart_without_the_learner_runs_the_last_good_checkpoint(
+    learner: FakeLearner, robot_config: ConfigFactory
+) -> None:
+    config = robot_config(learner.address, control=ControlConfig(rate_hz=200.0, max_episode_steps=10))
+    daemon = make_daemon(config)
+    daemon.start(max_episodes=0)
+    learner.publish(5, fake_blob(5))
+    assert learner.wait_for(lambda: daemon.policy_version == 5)
+    daemon.stop()
+    learner.stop()
+
+    offline = replace(config, learner=replace(config.learner, address=None))
+    restarted = make_daemon(offline, base_version=1)
+    summaries = restarted.run(max_episodes=1)
+    assert summaries[0].policy_versions == [5] * 10
