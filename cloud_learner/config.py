@@ -1,0 +1,258 @@
+"""The learner's typed config (`configs/learner.yaml`, overridable as `--server.address 0.0.0.0:50051`).
+
+Everything the learner writes lives under `run_dir` so that a restart with the same `run_dir` resumes:
+
+    run_dir/replay/        the replay store (online episodes + imported offline demonstrations)
+    run_dir/staging/       chunks of uploads that were cut before they completed (resumable)
+    run_dir/checkpoints/   published checkpoints, the last `trainer.keep_last` of them
+    run_dir/tensorboard/   training curves
+    run_dir/train.jsonl    one JSON line per logged trainer step and per publication (for reports)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cloud_learner.algorithms import AlgorithmConfig, HGDaggerConfig
+
+MIB = 1 << 20
+
+
+def _positive(owner: str, **values: float | int) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise ValueError(f"{owner}.{name} must be positive, got {value}")
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Server TLS. Both files set: TLS on; both empty: plaintext (only sensible on a trusted network)."""
+
+    cert_file: str | None = None
+    key_file: str | None = None
+    # When set, robots must also present a client certificate signed by this CA (mutual TLS).
+    client_ca_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("server.tls.cert_file and server.tls.key_file must be set together")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("server.tls.client_ca_file needs server.tls.cert_file and key_file")
+        for name in ("cert_file", "key_file", "client_ca_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"server.tls.{name}: {path} is not a file")
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The gRPC server: where it listens, how many calls it runs at once, and how it detects dead peers."""
+
+    # host:port; port 0 picks a free port (the Python API returns it).
+    address: str = "127.0.0.1:50051"
+    # Threads serving calls. Long-lived streams (WatchPolicy, Operator.Session) each hold one while their
+    # robot is connected, so size this for about 3 x robots + concurrent uploads.
+    max_workers: int = 256
+    # Calls beyond this are refused at once with RESOURCE_EXHAUSTED instead of queueing.
+    max_concurrent_rpcs: int = 1024
+    # HTTP/2 keep-alive pings: a peer that does not answer within the timeout is dropped, which cancels its
+    # calls, so a half-open robot never wedges a handler.
+    keepalive_time_s: float = 20.0
+    keepalive_timeout_s: float = 10.0
+    # A client stream (upload, operator session) that sends nothing for this long is cut.
+    stream_idle_timeout_s: float = 60.0
+    # How often a waiting WatchPolicy stream re-checks that its robot is still there.
+    watch_check_interval_s: float = 1.0
+    # WatchPolicy ends after this long and the robot re-opens it; bounds how long any call holds a worker.
+    max_stream_lifetime_s: float = 3600.0
+    # How often robots should call Heartbeat (sent to them in RegisterResponse).
+    heartbeat_interval_s: float = 5.0
+    # On stop, running calls get this long to finish before they are cancelled.
+    shutdown_grace_s: float = 2.0
+    tls: TlsConfig = field(default_factory=TlsConfig)
+
+    def __post_init__(self) -> None:
+        host, sep, port = self.address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"server.address must be host:port, got {self.address!r}")
+        _positive(
+            "server",
+            max_workers=self.max_workers,
+            max_concurrent_rpcs=self.max_concurrent_rpcs,
+            keepalive_time_s=self.keepalive_time_s,
+            keepalive_timeout_s=self.keepalive_timeout_s,
+            stream_idle_timeout_s=self.stream_idle_timeout_s,
+            watch_check_interval_s=self.watch_check_interval_s,
+            max_stream_lifetime_s=self.max_stream_lifetime_s,
+            heartbeat_interval_s=self.heartbeat_interval_s,
+        )
+        if self.shutdown_grace_s < 0:
+            raise ValueError(f"server.shutdown_grace_s must be >= 0, got {self.shutdown_grace_s}")
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Per-robot tokens: a file mapping robot id -> sha256 of its token (see `sop.credentials`)."""
+
+    token_hashes_file: str | None = None
+    # Without a token file the learner refuses to start unless this is set: then any robot id is believed.
+    # Only for a laptop experiment on 127.0.0.1.
+    allow_unauthenticated: bool = False
+
+    def __post_init__(self) -> None:
+        if self.token_hashes_file is None and not self.allow_unauthenticated:
+            raise ValueError(
+                "auth.token_hashes_file is not set: give the robot-id -> token-hash file, or set "
+                "auth.allow_unauthenticated=true for a local experiment"
+            )
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Episode uploads: limits, back-pressure, durability."""
+
+    # Largest chunk payload accepted (the protocol caps it at 1 MiB).
+    max_chunk_bytes: int = MIB
+    # Largest serialized episode accepted (5 min at 30 Hz with one 64x64 camera is ~110 MB).
+    max_episode_bytes: int = 512 * MIB
+    # Uploads in progress at once (receiving, decoding or waiting for the commit), and the sum of their
+    # announced sizes. One more is answered RESOURCE_EXHAUSTED and the robot backs off; ingest memory
+    # stays near 3 x max_pending_bytes (chunks, assembled payload, parsed record).
+    max_pending_uploads: int = 32
+    max_pending_bytes: int = 2048 * MIB
+    # Threads appending to the replay store; several overlap one episode's fsync with the next's encoding.
+    commit_workers: int = 4
+    # fsync every committed episode before the receipt goes out (off only for benchmarks of the wire).
+    durable: bool = True
+    # Chunks of a cut upload are kept this long for the robot to resume, then discarded.
+    staging_max_age_s: float = 7 * 24 * 3600.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_chunk_bytes <= MIB:
+            raise ValueError(f"ingest.max_chunk_bytes must be in 1..{MIB}, got {self.max_chunk_bytes}")
+        if self.max_episode_bytes < self.max_chunk_bytes:
+            raise ValueError("ingest.max_episode_bytes must be at least ingest.max_chunk_bytes")
+        if self.max_pending_bytes < self.max_episode_bytes:
+            raise ValueError("ingest.max_pending_bytes must be at least ingest.max_episode_bytes")
+        _positive(
+            "ingest",
+            max_pending_uploads=self.max_pending_uploads,
+            commit_workers=self.commit_workers,
+            staging_max_age_s=self.staging_max_age_s,
+        )
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """What the trainer samples: offline demonstrations and online episodes, mixed per task as in SOP."""
+
+    # Episode stores of demonstrations imported (once, idempotently by episode id) into the replay store.
+    offline_stores: list[str] = field(default_factory=list)
+    # Tasks to train on; empty: every task present in the replay store.
+    tasks: list[str] = field(default_factory=list)
+    # SOP mixing: w_on = exp(a L_on) / (exp(a L_on) + exp(L_off)), clipped to [min, max] online share.
+    adaptive_mixing: bool = True
+    mixing_alpha: float = 1.5
+    # L_on and L_off are the mean per-sample losses over the last this-many trainer steps.
+    loss_window_steps: int = 200
+    min_online_share: float = 0.2
+    max_online_share: float = 0.8
+    # The online share before any online loss has been measured (and when adaptive_mixing is off).
+    initial_online_share: float = 0.5
+
+    def __post_init__(self) -> None:
+        _positive("replay", mixing_alpha=self.mixing_alpha, loss_window_steps=self.loss_window_steps)
+        if not 0.0 <= self.min_online_share <= self.max_online_share <= 1.0:
+            raise ValueError(
+                "replay.min_online_share and replay.max_online_share must satisfy 0 <= min <= max <= 1, "
+                f"got {self.min_online_share}, {self.max_online_share}"
+            )
+        if not self.min_online_share <= self.initial_online_share <= self.max_online_share:
+            raise ValueError(
+                "replay.initial_online_share must lie between min_online_share and max_online_share"
+            )
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """The asynchronous trainer: what it starts from, how often it publishes, what it keeps."""
+
+    # Checkpoint (directory or .safetensors blob, sop/checkpoint.py format) the first run starts from.
+    # A restart ignores it and continues from the newest published checkpoint in run_dir.
+    base_checkpoint: str | None = None
+    # Run the trainer at all (off: the learner only ingests and serves checkpoints).
+    enabled: bool = True
+    batch_size: int = 64
+    # Publish (store + announce to every robot) a checkpoint every this many steps; SOP used 25.
+    publish_every_steps: int = 25
+    # Published checkpoints kept on disk; older ones are deleted.
+    keep_last: int = 5
+    log_every_steps: int = 25
+    # Stop after this many steps (None: train until the learner stops).
+    max_steps: int | None = None
+    # torch intra-op threads for the trainer; leave cores to ingest on a small machine.
+    num_threads: int = 1
+    seed: int = 0
+    device: str = "cpu"
+    # Steps to wait (sleeping this long each) when the replay holds nothing trainable yet.
+    idle_sleep_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        _positive(
+            "trainer",
+            batch_size=self.batch_size,
+            publish_every_steps=self.publish_every_steps,
+            keep_last=self.keep_last,
+            log_every_steps=self.log_every_steps,
+            num_threads=self.num_threads,
+            idle_sleep_s=self.idle_sleep_s,
+        )
+        if self.max_steps is not None and self.max_steps < 0:
+            raise ValueError(f"trainer.max_steps must be >= 0 or null, got {self.max_steps}")
+        if self.base_checkpoint is not None and not Path(self.base_checkpoint).exists():
+            raise ValueError(f"trainer.base_checkpoint: {self.base_checkpoint} does not exist")
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """`sop learner serve`: ingest robot episodes, train asynchronously, publish checkpoints."""
+
+    run_dir: str = "runs/learner"
+    server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    algorithm: AlgorithmConfig = field(default_factory=HGDaggerConfig)
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not self.run_dir:
+            raise ValueError("run_dir must be a directory path")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+
+    @property
+    def replay_dir(self) -> Path:
+        return Path(self.run_dir) / "replay"
+
+    @property
+    def staging_dir(self) -> Path:
+        return Path(self.run_dir) / "staging"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.run_dir) / "checkpoints"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return Path(self.run_dir) / "tensorboard"
+
+    @property
+    def train_log_path(self) -> Path:
+        return Path(self.run_dir) / "train.jsonl"

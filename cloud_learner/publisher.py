@@ -1,0 +1,226 @@
+"""Checkpoint publication: announce each new version to every watching robot and serve its bytes.
+
+Broadcast cost is what matters when many robots fetch the same 50-800 MB blob at once, so each version is
+prepared once, when it is published: the blob is cut into <= 1 MiB pieces and every piece is serialized as
+a complete `CheckpointChunk` message. A fetch then hands these ready-made messages to gRPC (the Fleet
+service registers FetchCheckpoint with a pass-through serializer), so N robots cost N socket writes and no
+per-robot protobuf work or copies. A fetch that resumes at an offset inside a piece gets one freshly built
+message for the rest of that piece (a memoryview slice of the blob), then the prepared ones.
+
+Watchers wait on one condition variable with a timeout and re-check that their call is still active, so a
+robot that disappears frees its thread within `watch_check_interval_s`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from cloud_learner.checkpoint_store import CheckpointRecord, CheckpointStore
+from sop.checkpoint import CheckpointError
+from sop.v1 import fleet_pb2
+
+logger = logging.getLogger(__name__)
+
+MAX_FETCH_CHUNK_BYTES = 1 << 20
+
+
+class CheckpointNotFoundError(KeyError):
+    """A fetch for a version the learner does not hold (never published, or pruned)."""
+
+
+class FetchOffsetError(ValueError):
+    """A fetch offset beyond the end of the blob."""
+
+
+def announcement_for(record: CheckpointRecord) -> fleet_pb2.PolicyAnnouncement:
+    return fleet_pb2.PolicyAnnouncement(
+        version=record.version,
+        parent_version=record.parent_version,
+        sha256=record.sha256,
+        size_bytes=record.size_bytes,
+        created_at=record.created_at,
+    )
+
+
+@dataclass(frozen=True)
+class PreparedCheckpoint:
+    """A version's blob plus its pre-serialized `CheckpointChunk` messages at aligned offsets."""
+
+    record: CheckpointRecord
+    blob: bytes
+    chunk_bytes: int
+    frames: tuple[bytes, ...]
+
+    @classmethod
+    def prepare(
+        cls, record: CheckpointRecord, blob: bytes, chunk_bytes: int = MAX_FETCH_CHUNK_BYTES
+    ) -> PreparedCheckpoint:
+        if not 0 < chunk_bytes <= MAX_FETCH_CHUNK_BYTES:
+            raise ValueError(f"chunk_bytes must be in 1..{MAX_FETCH_CHUNK_BYTES}, got {chunk_bytes}")
+        view = memoryview(blob)
+        frames = tuple(
+            cls._frame(record, offset, view[offset : offset + chunk_bytes])
+            for offset in range(0, len(blob), chunk_bytes)
+        )
+        return cls(record=record, blob=blob, chunk_bytes=chunk_bytes, frames=frames)
+
+    @staticmethod
+    def _frame(record: CheckpointRecord, offset: int, data: memoryview) -> bytes:
+        return fleet_pb2.CheckpointChunk(
+            version=record.version,
+            offset=offset,
+            data=data.tobytes(),
+            total_bytes=record.size_bytes,
+            sha256=record.sha256,
+        ).SerializeToString()
+
+    def frames_from(self, offset: int) -> Iterator[bytes]:
+        """Serialized chunks covering blob[offset:], each at most `chunk_bytes` of data."""
+        size = len(self.blob)
+        if not 0 <= offset <= size:
+            raise FetchOffsetError(f"offset {offset} is outside the {size}-byte checkpoint")
+        return self._frames_from(offset)
+
+    def _frames_from(self, offset: int) -> Iterator[bytes]:
+        size = len(self.blob)
+        index, inside = divmod(offset, self.chunk_bytes)
+        if inside:
+            end = min((index + 1) * self.chunk_bytes, size)
+            yield self._frame(self.record, offset, memoryview(self.blob)[offset:end])
+            index += 1
+        yield from self.frames[index:]
+
+
+class Publisher:
+    """The newest published version, its watchers, and the prepared bytes of recent versions."""
+
+    def __init__(self, store: CheckpointStore, cache_versions: int = 2) -> None:
+        self.store = store
+        self.cache_versions = max(1, cache_versions)
+        self._cache: OrderedDict[int, PreparedCheckpoint] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._condition = threading.Condition()
+        self._latest: CheckpointRecord | None = None
+        self._closed = False
+        self.fetches_served = 0
+        latest = store.latest()
+        while latest is not None:
+            try:
+                self._prepare(latest)
+            except CheckpointError as exc:
+                store.discard(latest.version, str(exc))
+                latest = store.latest()
+                continue
+            self._latest = latest
+            break
+
+    @property
+    def latest(self) -> CheckpointRecord | None:
+        with self._condition:
+            return self._latest
+
+    def _prepare(self, record: CheckpointRecord, blob: bytes | None = None) -> PreparedCheckpoint:
+        with self._cache_lock:
+            prepared = self._cache.get(record.version)
+            if prepared is not None:
+                self._cache.move_to_end(record.version)
+                return prepared
+        if blob is None:
+            blob = self.store.read_blob(record.version)
+        prepared = PreparedCheckpoint.prepare(record, blob)
+        with self._cache_lock:
+            self._cache[record.version] = prepared
+            self._cache.move_to_end(record.version)
+            while len(self._cache) > self.cache_versions:
+                self._cache.popitem(last=False)
+        return prepared
+
+    def announce(self, record: CheckpointRecord, blob: bytes | None = None) -> None:
+        """Make `record` (already durable in the store) the newest version and wake every watcher."""
+        self._prepare(record, blob)
+        with self._condition:
+            if self._latest is None or record.version > self._latest.version:
+                self._latest = record
+            self._condition.notify_all()
+        logger.info(
+            "published checkpoint v%d (%d bytes, sha256 %s)",
+            record.version,
+            record.size_bytes,
+            record.sha256[:12],
+        )
+
+    def close(self) -> None:
+        """Wake every watcher so its stream ends (the learner is stopping)."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+
+    def watch(
+        self,
+        current_version: int,
+        is_active: Callable[[], bool],
+        check_interval_s: float,
+        max_lifetime_s: float,
+    ) -> Iterator[fleet_pb2.PolicyAnnouncement]:
+        """The newest announcement at once (when there is one), then each newer one as it is published.
+
+        Ends when the call goes inactive, the learner closes, or `max_lifetime_s` passes (the robot then
+        re-opens the stream); never waits longer than `check_interval_s` without re-checking.
+        """
+        deadline = time.monotonic() + max_lifetime_s
+        sent: int | None = None
+        while True:
+            with self._condition:
+                while not self._closed and (self._latest is None or self._latest.version == sent):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not is_active():
+                        return
+                    self._condition.wait(timeout=min(check_interval_s, remaining))
+                if self._closed:
+                    return
+                latest = self._latest
+            assert latest is not None
+            if sent is None and latest.version < current_version:
+                logger.warning(
+                    "a robot runs v%d, newer than the learner's newest v%d; announcing v%d",
+                    current_version,
+                    latest.version,
+                    latest.version,
+                )
+            sent = latest.version
+            yield announcement_for(latest)
+
+    def prepared(self, version: int) -> PreparedCheckpoint:
+        """The prepared bytes of `version` (0: the newest). CheckpointNotFoundError if not held."""
+        if version == 0:
+            latest = self.latest
+            if latest is None:
+                raise CheckpointNotFoundError("no checkpoint has been published yet")
+            record: CheckpointRecord | None = latest
+        else:
+            record = self.store.record(version)
+            if record is None:
+                with self._cache_lock:
+                    cached = self._cache.get(version)
+                if cached is not None:
+                    return cached
+                raise CheckpointNotFoundError(
+                    f"checkpoint v{version} is not held (never published, or pruned)"
+                )
+        assert record is not None
+        try:
+            return self._prepare(record)
+        except (CheckpointError, KeyError) as exc:
+            raise CheckpointNotFoundError(f"checkpoint v{version} cannot be served: {exc}") from None
+
+    def fetch_frames(self, version: int, offset: int) -> Iterator[bytes]:
+        """Serialized `CheckpointChunk`s for `version` from `offset`; raises before yielding on bad input."""
+        prepared = self.prepared(version)
+        frames = prepared.frames_from(offset)
+        self.fetches_served += 1
+        return frames

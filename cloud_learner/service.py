@@ -1,0 +1,418 @@
+"""`sop learner serve`: the gRPC face of the learner (Fleet + Operator + health) around ingest, trainer and
+publisher.
+
+    sop learner serve --config configs/learner.yaml [--server.address 0.0.0.0:50051] ...
+
+Python API (the fleet harness and tests):
+
+    service = LearnerService(config)
+    port = service.start()      # binds, resumes from run_dir, starts the trainer; returns the bound port
+    ...
+    service.stop()
+
+Liveness. Every call is bounded: HTTP/2 keep-alive drops a dead peer (cancelling its calls); a client
+stream (upload, operator session) or a checkpoint fetch that makes no progress for
+`server.stream_idle_timeout_s` is cancelled by the stream watchdog; a WatchPolicy stream waits on a condition
+with a timeout, re-checks `context.is_active()`, and ends after `server.max_stream_lifetime_s` (the robot
+re-opens it). So a half-open robot never wedges the server, and the worker pool (`server.max_workers`)
+only has to cover the robots actually connected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from cloud_learner.auth import RobotAuthInterceptor, authenticated_robot_id
+from cloud_learner.checkpoint_store import CheckpointStore, as_first_version, read_checkpoint_blob
+from cloud_learner.config import LearnerConfig
+from cloud_learner.ingest import Ingest, IngestError, UploadStaging
+from cloud_learner.liveness import StreamWatchdog
+from cloud_learner.operator_relay import OperatorRelay
+from cloud_learner.publisher import CheckpointNotFoundError, FetchOffsetError, Publisher
+from cloud_learner.replay import import_offline_stores, open_replay_store
+from cloud_learner.roster import FleetRoster
+from sop.config import ConfigError, parse_config
+from sop.credentials import TokenRegistry
+from sop.episode import Episode
+from sop.v1 import fleet_pb2, fleet_pb2_grpc, operator_pb2, operator_pb2_grpc
+
+if TYPE_CHECKING:
+    from cloud_learner.trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+FLEET_SERVICE = "sop.v1.Fleet"
+OPERATOR_SERVICE = "sop.v1.Operator"
+ENDPOINT_FILE = "endpoint.json"
+# Protobuf framing around a chunk's payload (episode id, seq, sizes, sha256): generous.
+MESSAGE_OVERHEAD_BYTES = 64 * 1024
+
+
+class FleetServicer(fleet_pb2_grpc.FleetServicer):
+    """Fleet RPCs; each one a thin translation between gRPC and the learner's parts."""
+
+    def __init__(self, service: LearnerService) -> None:
+        self.service = service
+
+    def Register(
+        self, request: fleet_pb2.RegisterRequest, context: grpc.ServicerContext
+    ) -> fleet_pb2.RegisterResponse:
+        robot_id = authenticated_robot_id(context)
+        if request.robot_id != robot_id:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"robot_id: the request names {request.robot_id!r} but the credentials are robot {robot_id!r}",
+            )
+        status = self.service.roster.register(robot_id, request.capabilities)
+        latest = self.service.publisher.latest
+        config = self.service.config
+        logger.info("robot %s registered (tasks %s)", robot_id, ",".join(status.tasks) or "-")
+        return fleet_pb2.RegisterResponse(
+            session_id=status.session_id,
+            current_policy_version=0 if latest is None else latest.version,
+            max_chunk_bytes=config.ingest.max_chunk_bytes,
+            max_episode_bytes=config.ingest.max_episode_bytes,
+            heartbeat_interval_s=config.server.heartbeat_interval_s,
+        )
+
+    def UploadEpisode(
+        self, request_iterator: Iterator[fleet_pb2.EpisodeChunk], context: grpc.ServicerContext
+    ) -> fleet_pb2.UploadReceipt:
+        robot_id = authenticated_robot_id(context)
+        with self.service.watchdog.watch(context, f"upload from {robot_id}") as watched:
+
+            def chunks() -> Iterator[fleet_pb2.EpisodeChunk]:
+                for chunk in request_iterator:
+                    watched.touch()
+                    yield chunk
+
+            try:
+                return self.service.ingest.receive(robot_id, chunks(), on_received=watched.pause)
+            except IngestError as exc:
+                if exc.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    logger.warning("upload from %s refused: %s", robot_id, exc.message)
+                context.abort(exc.code, exc.message)
+            except grpc.RpcError:
+                # The call was cancelled (robot gone or idle timeout); its chunks were staged for a resume.
+                context.abort(grpc.StatusCode.CANCELLED, "upload stream was cut; query and resume it")
+        raise AssertionError("unreachable")
+
+    def QueryUpload(
+        self, request: fleet_pb2.QueryUploadRequest, context: grpc.ServicerContext
+    ) -> fleet_pb2.QueryUploadResponse:
+        robot_id = authenticated_robot_id(context)
+        try:
+            return self.service.ingest.query(robot_id, request.episode_id)
+        except IngestError as exc:
+            context.abort(exc.code, exc.message)
+        raise AssertionError("unreachable")
+
+    def WatchPolicy(
+        self, request: fleet_pb2.WatchPolicyRequest, context: grpc.ServicerContext
+    ) -> Iterator[fleet_pb2.PolicyAnnouncement]:
+        authenticated_robot_id(context)
+        server = self.service.config.server
+        yield from self.service.publisher.watch(
+            request.current_version,
+            context.is_active,
+            check_interval_s=server.watch_check_interval_s,
+            max_lifetime_s=server.max_stream_lifetime_s,
+        )
+
+    def FetchCheckpoint(
+        self, request: fleet_pb2.FetchCheckpointRequest, context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
+        """Yields pre-serialized CheckpointChunk messages (see `publisher.py`)."""
+        robot_id = authenticated_robot_id(context)
+        try:
+            frames = self.service.publisher.fetch_frames(request.version, request.offset)
+        except CheckpointNotFoundError as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
+        except FetchOffsetError as exc:
+            context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
+        with self.service.watchdog.watch(context, f"checkpoint fetch by {robot_id}") as watched:
+            for frame in frames:
+                if not context.is_active():
+                    return
+                yield frame
+                watched.touch()
+
+    def Heartbeat(
+        self, request: fleet_pb2.HeartbeatRequest, context: grpc.ServicerContext
+    ) -> fleet_pb2.HeartbeatResponse:
+        robot_id = authenticated_robot_id(context)
+        if request.robot_id and request.robot_id != robot_id:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"robot_id: {request.robot_id!r} is not the caller"
+            )
+        request.robot_id = robot_id
+        self.service.roster.heartbeat(request)
+        latest = self.service.publisher.latest
+        return fleet_pb2.HeartbeatResponse(
+            server_time=time.time(), latest_policy_version=0 if latest is None else latest.version
+        )
+
+
+def _pass_through(frame: bytes) -> bytes:
+    return frame
+
+
+def add_fleet_servicer(servicer: FleetServicer, server: grpc.Server) -> None:
+    """Like the generated `add_FleetServicer_to_server`, except FetchCheckpoint's responses are already
+    serialized (prepared once per checkpoint), so its serializer passes bytes through."""
+    handlers = {
+        "Register": grpc.unary_unary_rpc_method_handler(
+            servicer.Register,
+            request_deserializer=fleet_pb2.RegisterRequest.FromString,
+            response_serializer=fleet_pb2.RegisterResponse.SerializeToString,
+        ),
+        "UploadEpisode": grpc.stream_unary_rpc_method_handler(
+            servicer.UploadEpisode,
+            request_deserializer=fleet_pb2.EpisodeChunk.FromString,
+            response_serializer=fleet_pb2.UploadReceipt.SerializeToString,
+        ),
+        "QueryUpload": grpc.unary_unary_rpc_method_handler(
+            servicer.QueryUpload,
+            request_deserializer=fleet_pb2.QueryUploadRequest.FromString,
+            response_serializer=fleet_pb2.QueryUploadResponse.SerializeToString,
+        ),
+        "WatchPolicy": grpc.unary_stream_rpc_method_handler(
+            servicer.WatchPolicy,
+            request_deserializer=fleet_pb2.WatchPolicyRequest.FromString,
+            response_serializer=fleet_pb2.PolicyAnnouncement.SerializeToString,
+        ),
+        "FetchCheckpoint": grpc.unary_stream_rpc_method_handler(
+            servicer.FetchCheckpoint,
+            request_deserializer=fleet_pb2.FetchCheckpointRequest.FromString,
+            response_serializer=_pass_through,
+        ),
+        "Heartbeat": grpc.unary_unary_rpc_method_handler(
+            servicer.Heartbeat,
+            request_deserializer=fleet_pb2.HeartbeatRequest.FromString,
+            response_serializer=fleet_pb2.HeartbeatResponse.SerializeToString,
+        ),
+    }
+    missing = set(fleet_pb2.DESCRIPTOR.services_by_name["Fleet"].methods_by_name) - set(handlers)
+    if missing:  # the proto grew a method: fail loudly instead of answering UNIMPLEMENTED
+        raise RuntimeError(f"Fleet methods without a handler: {sorted(missing)}")
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(FLEET_SERVICE, handlers),))
+    server.add_registered_method_handlers(FLEET_SERVICE, handlers)
+
+
+class OperatorServicer(operator_pb2_grpc.OperatorServicer):
+    def __init__(self, service: LearnerService) -> None:
+        self.service = service
+
+    def Session(
+        self, request_iterator: Iterator[operator_pb2.RobotTelemetry], context: grpc.ServicerContext
+    ) -> Iterator[operator_pb2.OperatorCommand]:
+        robot_id = authenticated_robot_id(context)
+        server = self.service.config.server
+        with self.service.watchdog.watch(context, f"operator session of {robot_id}") as watched:
+            yield from self.service.relay.session(
+                robot_id,
+                request_iterator,
+                context.is_active,
+                on_telemetry=watched.touch,
+                check_interval_s=server.watch_check_interval_s,
+                max_lifetime_s=server.max_stream_lifetime_s,
+            )
+
+
+def server_options(config: LearnerConfig) -> list[tuple[str, Any]]:
+    server = config.server
+    return [
+        ("grpc.keepalive_time_ms", int(server.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(server.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Robots ping to detect a dead learner too; accept pings every few seconds without a GOAWAY.
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.max_receive_message_length", config.ingest.max_chunk_bytes + MESSAGE_OVERHEAD_BYTES),
+        ("grpc.max_send_message_length", (1 << 20) + MESSAGE_OVERHEAD_BYTES),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def _server_credentials(config: LearnerConfig) -> grpc.ServerCredentials | None:
+    tls = config.server.tls
+    if not tls.enabled:
+        return None
+    assert tls.cert_file is not None and tls.key_file is not None
+    key_pair = (Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes())
+    if tls.client_ca_file is None:
+        return grpc.ssl_server_credentials([key_pair])
+    return grpc.ssl_server_credentials(
+        [key_pair], root_certificates=Path(tls.client_ca_file).read_bytes(), require_client_auth=True
+    )
+
+
+class LearnerService:
+    """The whole learner in one process: gRPC server, ingest, replay, trainer, publisher, relay."""
+
+    def __init__(self, config: LearnerConfig) -> None:
+        self.config = config
+        self.port: int | None = None
+        self.trainer: Trainer | None = None
+        self._server: grpc.Server | None = None
+        self._health: health.HealthServicer | None = None
+        self._stopped = threading.Event()
+
+    def start(self) -> int:
+        """Open run_dir (resuming whatever is there), start serving and training; returns the bound port."""
+        config = self.config
+        run_dir = Path(config.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        registry = (
+            TokenRegistry.from_file(config.auth.token_hashes_file) if config.auth.token_hashes_file else None
+        )
+        if registry is None:
+            logger.warning("auth.allow_unauthenticated is set: any caller naming a robot id is believed")
+
+        self.store = open_replay_store(config)
+        imported = import_offline_stores(self.store, config.replay.offline_stores)
+        if imported:
+            logger.info("imported %d offline demonstrations into %s", imported, config.replay_dir)
+        self.checkpoints = CheckpointStore(config.checkpoint_dir, keep_last=config.trainer.keep_last)
+        self.checkpoints.remove_leftover_temporaries()
+        self.publisher = Publisher(self.checkpoints)
+        self.staging = UploadStaging(
+            config.staging_dir, config.ingest.max_chunk_bytes, config.ingest.max_episode_bytes
+        )
+        self.ingest = Ingest(config.ingest, self.store, self.staging, on_commit=self._on_commit)
+        self.relay = OperatorRelay()
+        self.roster = FleetRoster()
+        self.watchdog = StreamWatchdog(config.server.stream_idle_timeout_s)
+        self.auth = RobotAuthInterceptor(registry)
+
+        if self.publisher.latest is None and config.trainer.base_checkpoint is not None:
+            # First run: robots get the base policy (as v1) from their first WatchPolicy on.
+            blob = as_first_version(read_checkpoint_blob(config.trainer.base_checkpoint))
+            self.publisher.announce(self.checkpoints.publish(blob, train_step=0), blob)
+        if config.trainer.enabled:
+            from cloud_learner.trainer import Trainer  # torch and the policy code load only here
+
+            self.trainer = Trainer(config, self.store, self.checkpoints, self.publisher)
+            self.trainer.prepare()
+
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.server.max_workers, thread_name_prefix="grpc"),
+            interceptors=[self.auth],
+            options=server_options(config),
+            maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
+        )
+        add_fleet_servicer(FleetServicer(self), server)
+        operator_pb2_grpc.add_OperatorServicer_to_server(OperatorServicer(self), server)
+        self._health = health.HealthServicer(
+            experimental_non_blocking=True,
+            experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"),
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        credentials = _server_credentials(config)
+        address = config.server.address
+        port = (
+            server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        )
+        if port == 0:
+            raise OSError(f"server.address: cannot bind {address}")
+        server.start()
+        self._server = server
+        self.port = port
+        for name in ("", FLEET_SERVICE, OPERATOR_SERVICE):
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.trainer is not None:
+            self.trainer.start()
+        self._write_endpoint(port)
+        latest = self.publisher.latest
+        logger.info(
+            "learner serving on %s:%d (%s), %d episodes in replay, policy v%s",
+            address.rpartition(":")[0],
+            port,
+            "TLS" if credentials else "plaintext",
+            len(self.store),
+            "-" if latest is None else latest.version,
+        )
+        return port
+
+    def _write_endpoint(self, port: int) -> None:
+        """`run_dir/endpoint.json` tells harnesses where the learner listens (port 0 picks one)."""
+        host = self.config.server.address.rpartition(":")[0]
+        path = Path(self.config.run_dir) / ENDPOINT_FILE
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"address": f"{host}:{port}", "port": port, "pid": os.getpid()}))
+        os.replace(temporary, path)
+
+    def _on_commit(self, episode: Episode) -> None:
+        if self.trainer is not None:
+            self.trainer.notify_new_episode(episode)
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Stop serving (running calls get `grace_s`), stop the trainer, finish pending commits."""
+        if self._server is None:
+            return
+        grace = self.config.server.shutdown_grace_s if grace_s is None else grace_s
+        if self._health is not None:
+            self._health.enter_graceful_shutdown()
+        self.publisher.close()
+        self.relay.close()
+        self._server.stop(grace).wait()
+        if self.trainer is not None:
+            self.trainer.stop()
+        self.ingest.stop()
+        self.watchdog.stop()
+        self._server = None
+        self._stopped.set()
+        logger.info("learner stopped")
+
+    def wait(self) -> None:
+        """Block until `stop()` (from a signal handler or another thread)."""
+        while not self._stopped.wait(1.0):
+            pass
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="sop learner serve", add_help=False)
+    parser.add_argument("-h", "--help", action="store_true")
+    known, _ = parser.parse_known_args(argv)
+    if known.help:
+        print(__doc__)
+    try:
+        config = parse_config(LearnerConfig, argv)
+    except ConfigError as exc:
+        print(f"sop learner serve: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    service = LearnerService(config)
+    try:
+        port = service.start()
+    except (OSError, ValueError) as exc:
+        print(f"sop learner serve: {exc}", file=sys.stderr)
+        return 1
+    print(f"learner listening on port {port}", flush=True)
+
+    def request_stop(signum: int, _frame: object) -> None:
+        logger.info("signal %d: stopping", signum)
+        threading.Thread(target=service.stop, name="stop", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    service.wait()
+    return 0

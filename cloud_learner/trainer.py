@@ -1,0 +1,273 @@
+"""The asynchronous trainer: samples the replay, updates the policy, publishes a checkpoint every K steps.
+
+It runs in its own thread and never waits for robots: new episodes only set a flag that the next step
+picks up (`refresh()` of the sampler), and ingest never waits for the trainer. Its only shared state with
+the gRPC side is the checkpoint store (written here, read by the publisher) and the replay store (written
+by the ingest writer, read here), both safe for that.
+
+Start and resume:
+
+- First run: the service publishes the base checkpoint (`trainer.base_checkpoint`, e.g. from
+  `sop train bc`) as v1 (parent 0) before it accepts robots, so every robot gets a policy at once.
+- Restart: the newest intact published checkpoint and its optimiser state are loaded and training continues
+  at its step count, with every committed episode in the replay. Steps after the last publication are
+  lost (at most `publish_every_steps`), never data.
+
+Logged every `trainer.log_every_steps` to TensorBoard (`run_dir/tensorboard`), the terminal and
+`run_dir/train.jsonl`: loss (all, online, offline), each task's online share and losses, staleness (how
+many versions the policy that produced an online sample lags the newest one: mean and max), samples/s and
+replay size. Each publication adds a `train.jsonl` line with `published_version` (the fleet report reads
+`step`, `loss`, `time` and `published_version`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from cloud_learner.algorithms import Algorithm
+from cloud_learner.checkpoint_store import CheckpointRecord, CheckpointStore
+from cloud_learner.config import LearnerConfig
+from cloud_learner.publisher import Publisher
+from cloud_learner.replay import Replay
+from sop.checkpoint import checkpoint_from_bytes
+from sop.data.episode_store import EpisodeStore
+from sop.episode import POLICY_VERSION, Episode, Source
+from sop.policies import policy_from_checkpoint
+from sop.policies.modeling_diffusion import DiffusionPolicy
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+logger = logging.getLogger(__name__)
+
+
+class TrainerError(ValueError):
+    """The trainer cannot start: no policy to train, or a checkpoint it cannot use."""
+
+
+def staleness(batch: Mapping[str, Any], current_version: int) -> tuple[float, float]:
+    """Mean and max lag (in versions) of the online samples' policy behind `current_version`."""
+    versions = np.asarray(batch.get(POLICY_VERSION, []))
+    sources = np.asarray(batch.get("source", []))
+    if versions.size == 0 or sources.size == 0:
+        return 0.0, 0.0
+    if versions.ndim > 1:  # per-frame versions of each window: the anchor frame's
+        versions = versions[:, 0]
+    online = versions[sources == Source.ONLINE.value]
+    if online.size == 0:
+        return 0.0, 0.0
+    lag = np.maximum(current_version - online, 0)
+    return float(lag.mean()), float(lag.max())
+
+
+class Trainer:
+    """Owns the policy being trained, the algorithm, the replay sampler and the publication schedule."""
+
+    def __init__(
+        self, config: LearnerConfig, store: EpisodeStore, checkpoints: CheckpointStore, publisher: Publisher
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.checkpoints = checkpoints
+        self.publisher = publisher
+        self.step = 0
+        self.policy: DiffusionPolicy | None = None
+        self.algorithm: Algorithm | None = None
+        self.replay: Replay | None = None
+        self.last_metrics: dict[str, float] = {}
+        self.samples_trained = 0
+        self._new_data = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._writer: SummaryWriter | None = None
+        self._failure: BaseException | None = None
+
+    # ---- setup -------------------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Load the policy to train: the newest published checkpoint (the service published the base as v1
+        on a first run)."""
+        latest = self.publisher.latest
+        if latest is None:
+            raise TrainerError(
+                "trainer.base_checkpoint is not set and run_dir holds no checkpoint: give a base policy "
+                "(e.g. from `sop train bc`), or set trainer.enabled=false to only ingest"
+            )
+        blob = self.publisher.prepared(latest.version).blob
+        device = torch.device(self.config.trainer.device)
+        policy = policy_from_checkpoint(
+            checkpoint_from_bytes(blob, latest.sha256, source=f"v{latest.version}"), device=device
+        )
+        if not isinstance(policy, DiffusionPolicy):
+            raise TrainerError(
+                f"checkpoint v{latest.version} holds a {policy.policy_type!r} policy; the learner trains SOP's "
+                "diffusion policy (policy_type 'diffusion')"
+            )
+        self.policy = policy
+        self.algorithm = self.config.algorithm.build(self.policy)
+        state = self.checkpoints.read_trainer_state(latest.version)
+        if state is not None:
+            self.algorithm.load_training_state(*state)
+        self.step = latest.train_step
+        self.replay = Replay(
+            self.store,
+            self.config.replay,
+            self.algorithm.sampler_settings(),
+            observation_horizon=self.policy.config.observation_horizon,
+            action_horizon=self.policy.config.prediction_horizon,
+            cameras=self.policy.config.cameras,
+        )
+        logger.info(
+            "trainer starts from v%d at step %d (%s)", latest.version, self.step, self.config.algorithm.type
+        )
+
+    def notify_new_episode(self, episode: Episode) -> None:
+        """Called by the ingest writer after a commit; cheap, never blocks."""
+        self._new_data.set()
+
+    # ---- running -----------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.policy is None:
+            raise TrainerError("prepare() found no policy to train")
+        self._thread = threading.Thread(target=self._run, name="trainer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout_s)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def failure(self) -> BaseException | None:
+        return self._failure
+
+    def _run(self) -> None:
+        torch.set_num_threads(self.config.trainer.num_threads)
+        try:
+            self.run(stop=self._stop)
+        except Exception as exc:  # surfaced through .failure and the log; the service keeps ingesting
+            self._failure = exc
+            logger.exception("trainer stopped on an error at step %d", self.step)
+
+    def run(self, stop: threading.Event | None = None, max_steps: int | None = None) -> int:
+        """Train until `stop` is set or `max_steps` (or trainer.max_steps) steps are done; returns steps run."""
+        assert self.policy is not None and self.algorithm is not None and self.replay is not None
+        trainer_config = self.config.trainer
+        limit = max_steps if max_steps is not None else trainer_config.max_steps
+        rng = np.random.default_rng(trainer_config.seed + self.step)
+        torch.manual_seed(trainer_config.seed + self.step)
+        ran = 0
+        window_start, window_samples = time.perf_counter(), 0
+        while not (stop is not None and stop.is_set()):
+            if limit is not None and ran >= limit:
+                break
+            if self._new_data.is_set():
+                self._new_data.clear()
+                self.replay.refresh()
+            batch = self.replay.sample(trainer_config.batch_size, rng)
+            if batch is None:
+                (stop or threading.Event()).wait(trainer_config.idle_sleep_s)
+                continue
+            result = self.algorithm.update(batch)
+            self.replay.record_losses(batch, result.sample_losses.numpy())
+            self.step += 1
+            ran += 1
+            batch_size = int(result.sample_losses.shape[0])
+            self.samples_trained += batch_size
+            window_samples += batch_size
+            if self.step % trainer_config.publish_every_steps == 0:
+                self.publish(result.metrics)
+            if self.step % trainer_config.log_every_steps == 0:
+                elapsed = time.perf_counter() - window_start
+                self._log(batch, result.metrics, window_samples / max(elapsed, 1e-9))
+                window_start, window_samples = time.perf_counter(), 0
+        return ran
+
+    # ---- publication and logs ----------------------------------------------------------------------------
+
+    def publish(self, metrics: Mapping[str, float] | None = None) -> CheckpointRecord:
+        """Store the current weights as the next version and announce it to every robot."""
+        assert self.policy is not None and self.algorithm is not None
+        latest = self.publisher.latest
+        parent = 0 if latest is None else latest.version
+        blob = self.algorithm.publishable_policy().to_bytes(version=parent + 1, parent_version=parent)
+        record = self.checkpoints.publish(
+            blob,
+            train_step=self.step,
+            metrics={k: float(v) for k, v in (metrics or {}).items()},
+            trainer_state=self.algorithm.training_state(),
+        )
+        self.publisher.announce(record, blob)
+        self._append_train_log(
+            {"step": self.step, "loss": (metrics or {}).get("loss"), "published_version": record.version}
+        )
+        return record
+
+    def _append_train_log(self, row: dict[str, Any]) -> None:
+        row = {"time": time.time(), **row}
+        with self.config.train_log_path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+    def _summary_writer(self) -> SummaryWriter:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.config.tensorboard_dir))
+        return self._writer
+
+    def _log(self, batch: Mapping[str, Any], metrics: Mapping[str, float], samples_per_s: float) -> None:
+        assert self.replay is not None
+        latest = self.publisher.latest
+        current = 0 if latest is None else latest.version
+        lag_mean, lag_max = staleness(batch, current)
+        mix = self.replay.mix_states()
+        scalars = {f"train/{k}": float(v) for k, v in metrics.items()}
+        scalars.update(
+            {
+                "staleness/mean_versions": lag_mean,
+                "staleness/max_versions": lag_max,
+                "throughput/samples_per_s": samples_per_s,
+                "replay/episodes": float(len(self.store)),
+                "policy/version": float(current),
+            }
+        )
+        for state in mix:
+            scalars[f"mix/{state.task}/online_share"] = state.online_share
+            if state.loss_online is not None:
+                scalars[f"mix/{state.task}/loss_online"] = state.loss_online
+            if state.loss_offline is not None:
+                scalars[f"mix/{state.task}/loss_offline"] = state.loss_offline
+        self.last_metrics = scalars
+        self._append_train_log({"step": self.step, "loss": metrics.get("loss"), **scalars})
+        writer = self._summary_writer()
+        for name, value in scalars.items():
+            writer.add_scalar(name, value, self.step)
+        writer.flush()
+        shares = " ".join(f"{s.task}={s.online_share:.2f}" for s in mix)
+        logger.info(
+            "step %d v%d loss %.4f | online share %s | staleness mean %.1f max %.0f | %.0f samples/s | %d episodes",
+            self.step,
+            current,
+            metrics.get("loss", float("nan")),
+            shares or "-",
+            lag_mean,
+            lag_max,
+            samples_per_s,
+            len(self.store),
+        )
