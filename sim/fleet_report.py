@@ -2,9 +2,9 @@
 
 Inputs (JSON lines written while the fleet runs):
     robots/<robot_id>/episodes.jsonl  one line per finished episode: robot_id, task, outcome, num_steps,
-                                      intervention_frames, take_overs, policy_version, wall_time (seconds
-                                      since the run started)
-    learner/train.jsonl               one line per logged trainer step: step, loss, wall_time, and
+                                      intervention_frames, take_overs, policy_version, ended_at (Unix
+                                      time; plotted as seconds since the fleet went online)
+    learner/train.jsonl               one line per logged trainer step: step, loss, time (Unix), and
                                       published_version when a checkpoint went out
 Kept apart from the harness so a report can be rebuilt from a finished run folder:
 `python -m sim.fleet_report RUN_DIR`.
@@ -61,7 +61,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def read_episode_events(run_dir: Path) -> list[EpisodeEvent]:
+def read_episode_events(run_dir: Path, online_started_at: float) -> list[EpisodeEvent]:
     events = []
     for path in sorted((run_dir / "robots").glob("*/episodes.jsonl")):
         for row in read_jsonl(path):
@@ -74,7 +74,7 @@ def read_episode_events(run_dir: Path) -> list[EpisodeEvent]:
                     intervention_frames=int(row.get("intervention_frames", 0)),
                     take_overs=int(row.get("take_overs", 0)),
                     policy_version=int(row.get("policy_version", 0)),
-                    wall_time=float(row["wall_time"]),
+                    wall_time=float(row["ended_at"]) - online_started_at,
                 )
             )
     return sorted(events, key=lambda e: e.wall_time)
@@ -93,7 +93,11 @@ def rolling_mean(values: Iterable[float], window: int) -> np.ndarray:
 
 
 def plot_run(
-    run_dir: Path, events: list[EpisodeEvent], train_rows: list[dict[str, Any]], window: int = 10
+    run_dir: Path,
+    events: list[EpisodeEvent],
+    train_rows: list[dict[str, Any]],
+    online_started_at: float,
+    window: int = 10,
 ) -> list[Path]:
     """Write the run's PNG plots and return their paths."""
     plots = run_dir / "plots"
@@ -150,7 +154,7 @@ def plot_run(
     published = [r for r in train_rows if r.get("published_version") is not None]
     if published:
         ax.scatter(
-            [r["wall_time"] / 60 for r in published],
+            [(r["time"] - online_started_at) / 60 for r in published],
             [r["published_version"] for r in published],
             marker="x",
             color="black",
@@ -241,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{summary_path} does not exist: is {run_dir} a finished fleet run folder?", file=sys.stderr)
         return 2
     summary = json.loads(summary_path.read_text())
-    plots = plot_run(run_dir, read_episode_events(run_dir), read_jsonl(run_dir / "learner" / "train.jsonl"))
+    events = read_episode_events(run_dir, float(summary["online_started_at"]))
+    train_rows = read_jsonl(run_dir / "learner" / "train.jsonl")
+    plots = plot_run(run_dir, events, train_rows, float(summary["online_started_at"]))
     print(write_report(run_dir, summary, plots))
     return 0
 

@@ -1,0 +1,478 @@
+"""`sop demo`: a simulated fleet gets better while it works — online post-training end to end on one machine.
+
+    sop demo                 # default: 4 tasks, 4 robots, ~12 minutes on a 2-core CPU
+    sop demo --quick         # one easy task, 2 robots, ~3 minutes (what CI runs): configs/demo_quick.yaml
+    sop demo --robots 2 --budget_s 300 --out runs/mine
+
+What happens, in order:
+1. A weak base policy: a few scripted demonstrations per task, a short behaviour-cloning run. Cached under
+   `base.cache_dir` by a hash of everything that shapes it, so the second run starts at step 2.
+2. The learner (`sop learner serve`) and N robot daemons (`sop robot run`) start as separate processes that
+   talk gRPC on 127.0.0.1 with per-robot tokens, exactly as they would across machines. Each robot runs
+   its own task instance with a simulated operator who takes over when the policy stalls.
+3. For `budget_s` the terminal shows each robot's task, episodes, policy version, success and intervention
+   rates, and the learner's steps and checkpoints.
+4. Everything stops cleanly (robots first: their spools are flushed; then the learner) — also on Ctrl-C.
+5. The base and the final checkpoint are evaluated on the same held-out seeded episodes (no operator), and the
+   run folder gets `report.md`, plots and `summary.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from sim.fleet_processes import FleetProcesses, free_port, wait_for_port
+from sim.fleet_report import plot_run, read_episode_events, read_jsonl, summarize, write_report
+from sop.config import config_to_dict, parse_config
+from sop.credentials import TokenRegistry, new_token
+
+log = logging.getLogger(__name__)
+
+EVAL_SEED_OFFSET = 1_000_000  # held-out layouts: demos use seeds < 10_000, robots 10_000 + 1000 * i + episode
+
+
+@dataclass(frozen=True)
+class BasePolicyConfig:
+    """The weak base policy the fleet starts from (few demonstrations on purpose: something to fix)."""
+
+    demos_per_task: int = field(default=4, metadata={"help": "scripted demonstrations per task"})
+    demo_seed: int = 0
+    demo_noise: float = field(default=0.1, metadata={"help": "action noise of the scripted expert"})
+    bc_steps: int = field(default=600, metadata={"help": "behaviour-cloning steps"})
+    batch_size: int = 128
+    cache_dir: str = field(default="runs/.cache/base", metadata={"help": "where base policies are cached"})
+
+    def __post_init__(self) -> None:
+        for name in ("demos_per_task", "bc_steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"base.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class FleetDemoConfig:
+    tasks: list[str] = field(
+        default_factory=lambda: ["reach-v3", "button-press-topdown-v3", "drawer-open-v3", "push-v3"],
+        metadata={"help": "one shared policy for all; robot i runs tasks[i % len(tasks)]"},
+    )
+    robots: int = 4
+    budget_s: float = field(default=540.0, metadata={"help": "seconds the fleet runs online"})
+    out: str = field(default="", metadata={"help": "run folder; default runs/<timestamp>"})
+    eval_episodes: int = field(
+        default=20, metadata={"help": "held-out seeded episodes per task, base and final"}
+    )
+    robot_rate_hz: float = field(default=0.0, metadata={"help": "control rate; 0: free-running simulation"})
+    max_episode_steps: int = 150
+    publish_every_steps: int = field(default=25, metadata={"help": "learner steps between checkpoints"})
+    learner_batch_size: int = 64
+    learner_threads: int = 1
+    base: BasePolicyConfig = field(default_factory=BasePolicyConfig)
+    live: bool = field(default=True, metadata={"help": "live terminal view (off: periodic log lines)"})
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ValueError("tasks: name at least one task")
+        from sim.tasks import get_task
+
+        for task in self.tasks:
+            get_task(task)  # raises UnknownTaskError naming the task
+        if self.robots < 1:
+            raise ValueError(f"robots must be >= 1, got {self.robots}")
+        if self.budget_s <= 0:
+            raise ValueError(f"budget_s must be positive, got {self.budget_s}")
+        if self.eval_episodes < 1:
+            raise ValueError(f"eval_episodes must be >= 1, got {self.eval_episodes}")
+        if self.robot_rate_hz < 0:
+            raise ValueError(f"robot_rate_hz must be >= 0, got {self.robot_rate_hz}")
+
+    def robot_task(self, index: int) -> str:
+        return self.tasks[index % len(self.tasks)]
+
+
+# Base policy ----------------------------------------------------------------------------------------------
+
+
+def base_policy_key(config: FleetDemoConfig) -> str:
+    """Everything that shapes the base policy, hashed: a changed setting trains a new one."""
+    shape: dict[str, Any] = {
+        "tasks": sorted(config.tasks),
+        "base": {k: v for k, v in asdict(config.base).items() if k != "cache_dir"},
+        "max_episode_steps": config.max_episode_steps,
+    }
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare_base_policy(config: FleetDemoConfig, console: Console) -> tuple[Path, Path]:
+    """Record demonstrations and train the base policy, or reuse the cached pair: (checkpoint, demo store)."""
+    from sim.demonstrations import record_demonstrations
+    from sim.metaworld_env import EnvConfig
+    from sop.data.episode_store import EpisodeStore
+    from sop.training.bc import TrainBCConfig, train_bc
+
+    cache = Path(config.base.cache_dir) / base_policy_key(config)
+    checkpoint_dir = cache / "checkpoint"
+    demos_dir = cache / "demos"
+    done_marker = cache / "ready.json"
+    if done_marker.exists():
+        console.print(f"[green]reusing the cached base policy[/green] {checkpoint_dir}")
+        return checkpoint_dir, demos_dir
+    if cache.exists():
+        shutil.rmtree(cache)  # an interrupted earlier preparation: start it over
+    cache.mkdir(parents=True)
+    console.print(
+        f"recording {config.base.demos_per_task} scripted demonstrations for each of {len(config.tasks)} tasks"
+    )
+    store = EpisodeStore(demos_dir)
+    env_config = EnvConfig(max_episode_steps=config.max_episode_steps)
+    for index, task in enumerate(config.tasks):
+        for episode in record_demonstrations(
+            task,
+            config.base.demos_per_task,
+            seed=config.base.demo_seed + 1000 * index,
+            noise=config.base.demo_noise,
+            env_config=env_config,
+        ):
+            store.append(episode)
+    console.print(f"training the base policy: {config.base.bc_steps} behaviour-cloning steps")
+    train_bc(
+        TrainBCConfig(
+            store=str(demos_dir),
+            out=str(checkpoint_dir),
+            tasks=list(config.tasks),
+            steps=config.base.bc_steps,
+            batch_size=config.base.batch_size,
+            save_every=max(100, config.base.bc_steps // 4),
+            log_every=max(50, config.base.bc_steps // 10),
+            threads=1,
+            device="cpu",
+            version=0,
+            progress=config.live,
+        )
+    )
+    done_marker.write_text(json.dumps({"config": config_to_dict(config.base), "tasks": config.tasks}) + "\n")
+    return checkpoint_dir, demos_dir
+
+
+# Evaluation -------------------------------------------------------------------------------------------------
+
+
+def evaluate_checkpoint(source: Path | bytes, config: FleetDemoConfig) -> dict[str, float]:
+    """Autonomous success per task on the held-out seeds (the same seeds for every checkpoint)."""
+    import torch
+
+    from sim.evaluate import evaluate_policy
+    from sim.metaworld_env import EnvConfig
+    from sop.policies import load_policy
+
+    torch.set_num_threads(1)
+    policy = load_policy(source)
+    result = evaluate_policy(
+        policy,
+        list(config.tasks),
+        config.eval_episodes,
+        seed_offset=EVAL_SEED_OFFSET,
+        env_config=EnvConfig(max_episode_steps=config.max_episode_steps),
+    )
+    return {task: float(r["success_rate"]) for task, r in result["tasks"].items()}
+
+
+# The live view ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FleetView:
+    """What the terminal shows, rebuilt from the run folder's event logs."""
+
+    run_dir: Path
+    robot_tasks: dict[str, str]
+    started: float = field(default_factory=time.monotonic)
+
+    def robot_rows(self) -> dict[str, dict[str, Any]]:
+        rows: dict[str, dict[str, Any]] = {}
+        for robot_id, task in self.robot_tasks.items():
+            events = read_jsonl(self.run_dir / "robots" / robot_id / "episodes.jsonl")
+            recent = events[-10:]
+            rows[robot_id] = {
+                "task": task,
+                "episodes": len(events),
+                "version": events[-1]["policy_version"] if events else 0,
+                "success": sum(e["outcome"] == "success" and e["intervention_frames"] == 0 for e in recent)
+                / max(1, len(recent)),
+                "intervention": sum(e["intervention_frames"] for e in recent)
+                / max(1, sum(e["num_steps"] for e in recent)),
+                "versions": sorted({int(e["policy_version"]) for e in events}),
+            }
+        return rows
+
+    def render(self, budget_s: float) -> Group:
+        elapsed = time.monotonic() - self.started
+        robots = Table(title=f"SOP fleet — {elapsed:5.0f} s of {budget_s:.0f} s", expand=False)
+        for column in (
+            "robot",
+            "task",
+            "episodes",
+            "policy",
+            "autonomous success (last 10)",
+            "intervention rate",
+        ):
+            robots.add_column(column)
+        for robot_id, row in self.robot_rows().items():
+            robots.add_row(
+                robot_id,
+                row["task"],
+                str(row["episodes"]),
+                f"v{row['version']}",
+                f"{row['success']:.0%}",
+                f"{row['intervention']:.0%}",
+            )
+        train = read_jsonl(self.run_dir / "learner" / "train.jsonl")
+        learner = Table(title="learner", expand=False)
+        for column in ("steps", "loss", "online share (mean)", "checkpoints published", "episodes in replay"):
+            learner.add_column(column)
+        logged = [r for r in train if r.get("published_version") is None and r.get("loss") is not None]
+        last = logged[-1] if logged else {}
+        shares = [v for k, v in last.items() if k.startswith("mix/") and k.endswith("/online_share")]
+        published = [r["published_version"] for r in train if r.get("published_version") is not None]
+        learner.add_row(
+            str(train[-1]["step"]) if train else "0",
+            f"{last['loss']:.4f}" if last else "-",
+            f"{sum(shares) / len(shares):.2f}" if shares else "-",
+            str(len(published)),
+            str(int(last["replay/episodes"])) if "replay/episodes" in last else "-",
+        )
+        return Group(robots, learner)
+
+    def log_line(self) -> str:
+        parts = [
+            f"{rid}:{row['task']} ep={row['episodes']} v{row['version']} ok={row['success']:.0%}"
+            for rid, row in self.robot_rows().items()
+        ]
+        return " | ".join(parts)
+
+
+# The run ---------------------------------------------------------------------------------------------------------
+
+
+def write_credentials(run_dir: Path, robot_ids: list[str]) -> tuple[Path, dict[str, Path]]:
+    """One fresh token per robot; the learner gets only their hashes."""
+    folder = run_dir / "credentials"
+    folder.mkdir(parents=True, exist_ok=True)
+    registry = TokenRegistry({})
+    token_files = {}
+    for robot_id in robot_ids:
+        token = new_token()
+        registry.add(robot_id, token)
+        token_files[robot_id] = folder / f"{robot_id}.token"
+        token_files[robot_id].write_text(token + "\n")
+        token_files[robot_id].chmod(0o600)
+    hashes = folder / "token_hashes.json"
+    registry.write(hashes)
+    return hashes, token_files
+
+
+def learner_args(
+    config: FleetDemoConfig, run_dir: Path, port: int, base: Path, demos: Path, hashes: Path
+) -> list[str]:
+    return [
+        "learner",
+        "serve",
+        "--config",
+        "learner.yaml",
+        "--run_dir",
+        str(run_dir / "learner"),
+        "--server.address",
+        f"127.0.0.1:{port}",
+        "--auth.token_hashes_file",
+        str(hashes),
+        "--trainer.base_checkpoint",
+        str(base),
+        "--trainer.batch_size",
+        str(config.learner_batch_size),
+        "--trainer.publish_every_steps",
+        str(config.publish_every_steps),
+        "--trainer.num_threads",
+        str(config.learner_threads),
+        "--replay.offline_stores",
+        json.dumps([str(demos)]),
+        "--replay.tasks",
+        json.dumps(list(config.tasks)),
+    ]
+
+
+def robot_args(
+    config: FleetDemoConfig, run_dir: Path, index: int, robot_id: str, port: int, base: Path, token: Path
+) -> list[str]:
+    args = [
+        "robot",
+        "run",
+        "--config",
+        "robot.yaml",
+        "--robot-id",
+        robot_id,
+        "--learner",
+        f"127.0.0.1:{port}",
+        "--token-file",
+        str(token),
+        "--data-dir",
+        str(run_dir / "robots"),
+        "--robot.task",
+        config.robot_task(index),
+        "--robot.seed",
+        str(10_000 + 1000 * index),
+        "--operator.type",
+        "simulated",
+        "--operator.seed",
+        str(index),
+        "--policy.base_checkpoint",
+        str(base),
+        "--control.max_episode_steps",
+        str(config.max_episode_steps),
+        "--metrics.episode_log",
+        str(run_dir / "robots" / robot_id / "episodes.jsonl"),
+        "--metrics.log_interval_s",
+        "30",
+    ]
+    if config.robot_rate_hz > 0:
+        args += ["--control.rate_hz", str(config.robot_rate_hz)]
+    else:
+        args += ["--control.free_running", "true"]
+    return args
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM during the online phase: stop cleanly and still write what we have."""
+
+
+def run_fleet_demo(config: FleetDemoConfig, console: Console | None = None) -> dict[str, Any]:
+    """Run the whole demo; returns the summary written to `summary.json`."""
+    console = console or Console()
+    wall_start = time.monotonic()
+    run_dir = Path(config.out or f"runs/{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
+    console.print(f"[bold]SOP fleet demo[/bold] → {run_dir}")
+
+    base_checkpoint, demos = prepare_base_policy(config, console)
+    robot_ids = [f"robot-{i}" for i in range(config.robots)]
+    hashes, token_files = write_credentials(run_dir, robot_ids)
+    processes = FleetProcesses(run_dir / "logs")
+    port = free_port()
+    view = FleetView(run_dir, {rid: config.robot_task(i) for i, rid in enumerate(robot_ids)})
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        raise Interrupted(f"signal {signum}")
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    interrupted = False
+    online_started_at = time.time()
+    env = {"OMP_NUM_THREADS": "1", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "PYTHONUNBUFFERED": "1"}
+    try:
+        learner = processes.start(
+            "learner", learner_args(config, run_dir, port, base_checkpoint, demos, hashes), env
+        )
+        wait_for_port("127.0.0.1", port, timeout_s=120, process=learner.process)
+        console.print(f"learner listening on 127.0.0.1:{port}; starting {config.robots} robot daemons")
+        for i, robot_id in enumerate(robot_ids):
+            processes.start(
+                robot_id,
+                robot_args(config, run_dir, i, robot_id, port, base_checkpoint, token_files[robot_id]),
+                env,
+            )
+        view.started = time.monotonic()
+        online_started_at = time.time()
+        deadline = view.started + config.budget_s
+        last_log = 0.0
+        live = (
+            Live(view.render(config.budget_s), console=console, refresh_per_second=1) if config.live else None
+        )
+        try:
+            if live is not None:
+                live.start()
+            while time.monotonic() < deadline:
+                dead = processes.dead()
+                if dead:
+                    names = ", ".join(c.name for c in dead)
+                    raise RuntimeError(f"{names} exited early; last log lines:\n{processes.tail(dead[0])}")
+                if live is not None:
+                    live.update(view.render(config.budget_s))
+                elif time.monotonic() - last_log > 15:
+                    console.print(view.log_line())
+                    last_log = time.monotonic()
+                time.sleep(1.0)
+        finally:
+            if live is not None:
+                live.stop()
+    except Interrupted:
+        interrupted = True
+        console.print("[yellow]interrupted: stopping the fleet cleanly[/yellow]")
+    finally:
+        codes = processes.stop_all(timeout_s=30)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    console.print(f"fleet stopped: exit codes {codes}")
+
+    final_blob, final_version = latest_published(run_dir)
+    console.print(
+        f"evaluating base (v0) and final (v{final_version}) on {config.eval_episodes} held-out episodes per task"
+    )
+    base_eval = evaluate_checkpoint(base_checkpoint, config)
+    final_eval = evaluate_checkpoint(final_blob, config) if final_blob is not None else dict(base_eval)
+
+    events = read_episode_events(run_dir, online_started_at)
+    train_rows = read_jsonl(run_dir / "learner" / "train.jsonl")
+    applied = {rid: row["versions"] for rid, row in view.robot_rows().items()}
+    summary = summarize(events, train_rows, base_eval, final_eval, time.monotonic() - wall_start, applied)
+    summary["final_version"] = final_version
+    summary["online_started_at"] = online_started_at
+    summary["interrupted"] = interrupted
+    summary["process_exit_codes"] = codes
+    plots = plot_run(run_dir, events, train_rows, online_started_at)
+    report = write_report(run_dir, summary, plots)
+    console.print(
+        f"mean success on held-out episodes: base {summary['base_mean_success']:.2f} → "
+        f"final {summary['final_mean_success']:.2f}   report: {report}"
+    )
+    return summary
+
+
+def latest_published(run_dir: Path) -> tuple[bytes | None, int]:
+    """The newest checkpoint the learner published in this run (blob, version)."""
+    from cloud_learner.checkpoint_store import CheckpointStore
+
+    folder = run_dir / "learner" / "checkpoints"
+    if not folder.exists():
+        return None, 0
+    store = CheckpointStore(folder)
+    record = store.latest()
+    if record is None:
+        return None, 0
+    return store.read_blob(record.version), record.version
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--quick" in args:
+        args.remove("--quick")
+        args = ["--config", "demo_quick.yaml", *args]
+    config = parse_config(FleetDemoConfig, args, default_config="demo.yaml")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    summary = run_fleet_demo(config)
+    return 0 if not summary.get("interrupted") else 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
