@@ -27,7 +27,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,8 @@ from sim.fleet_processes import FleetProcesses, free_port, wait_for_port
 from sim.fleet_report import plot_run, read_episode_events, read_jsonl, summarize, write_report
 from sop.config import config_to_dict, parse_config
 from sop.credentials import TokenRegistry, new_token
+from sop.policies.configuration_diffusion import DiffusionPolicyConfig
+from sop.training.trainer import OptimizerConfig
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +56,13 @@ class BasePolicyConfig:
     demo_seed: int = 0
     demo_noise: float = field(default=0.1, metadata={"help": "action noise of the scripted expert"})
     bc_steps: int = field(default=600, metadata={"help": "behaviour-cloning steps"})
-    batch_size: int = 128
+    batch_size: int = 64
     cache_dir: str = field(default="runs/.cache/base", metadata={"help": "where base policies are cached"})
+    policy: DiffusionPolicyConfig = field(
+        default_factory=lambda: DiffusionPolicyConfig(down_dims=(32, 64, 128)),
+        metadata={"help": "the shared policy's architecture (sized for a 2-core CPU)"},
+    )
+    optim: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=3e-3, warmup_steps=50))
 
     def __post_init__(self) -> None:
         for name in ("demos_per_task", "bc_steps", "batch_size"):
@@ -80,6 +87,7 @@ class FleetDemoConfig:
     publish_every_steps: int = field(default=25, metadata={"help": "learner steps between checkpoints"})
     learner_batch_size: int = 64
     learner_threads: int = 1
+    learner_lr: float = field(default=1e-3, metadata={"help": "post-training learning rate"})
     base: BasePolicyConfig = field(default_factory=BasePolicyConfig)
     live: bool = field(default=True, metadata={"help": "live terminal view (off: periodic log lines)"})
 
@@ -108,9 +116,10 @@ class FleetDemoConfig:
 
 def base_policy_key(config: FleetDemoConfig) -> str:
     """Everything that shapes the base policy, hashed: a changed setting trains a new one."""
+    base = {k: v for k, v in config_to_dict(config.base).items() if k != "cache_dir"}
     shape: dict[str, Any] = {
         "tasks": sorted(config.tasks),
-        "base": {k: v for k, v in asdict(config.base).items() if k != "cache_dir"},
+        "base": base,
         "max_episode_steps": config.max_episode_steps,
     }
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
@@ -161,6 +170,8 @@ def prepare_base_policy(config: FleetDemoConfig, console: Console) -> tuple[Path
             device="cpu",
             version=0,
             progress=config.live,
+            policy=config.base.policy,
+            optim=config.base.optim,
         )
     )
     done_marker.write_text(json.dumps({"config": config_to_dict(config.base), "tasks": config.tasks}) + "\n")
@@ -306,6 +317,8 @@ def learner_args(
         str(config.publish_every_steps),
         "--trainer.num_threads",
         str(config.learner_threads),
+        "--algorithm.optimizer.lr",
+        str(config.learner_lr),
         "--replay.offline_stores",
         json.dumps([str(demos)]),
         "--replay.tasks",
