@@ -40,7 +40,7 @@ from sim.fleet_processes import FleetProcesses, free_port, wait_for_port
 from sim.fleet_report import plot_run, read_episode_events, read_jsonl, summarize, write_report
 from sop.config import config_to_dict, parse_config
 from sop.credentials import TokenRegistry, new_token
-from sop.policies.configuration_diffusion import DiffusionPolicyConfig
+from sop.policies.configuration_diffusion import DiffusionPolicyConfig, SamplerConfig, SamplerKind
 from sop.training.trainer import OptimizerConfig
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,10 @@ class FleetDemoConfig:
     )
     robot_rate_hz: float = field(default=0.0, metadata={"help": "control rate; 0: free-running simulation"})
     max_episode_steps: int = 150
+    sampler: SamplerKind = field(
+        default=SamplerKind.RTI,
+        metadata={"help": "how robots and the evaluation sample actions: rti | ddim | ddpm"},
+    )
     publish_every_steps: int = field(default=25, metadata={"help": "learner steps between checkpoints"})
     learner_batch_size: int = 64
     learner_threads: int = 1
@@ -190,7 +194,7 @@ def evaluate_checkpoint(source: Path | bytes, config: FleetDemoConfig) -> dict[s
     from sop.policies import load_policy
 
     torch.set_num_threads(1)
-    policy = load_policy(source)
+    policy = load_policy(source, SamplerConfig(kind=config.sampler))
     result = evaluate_policy(
         policy,
         list(config.tasks),
@@ -352,6 +356,8 @@ def robot_args(
         str(index),
         "--policy.base_checkpoint",
         str(base),
+        "--policy.sampler",
+        str(config.sampler),
         "--control.max_episode_steps",
         str(config.max_episode_steps),
         "--metrics.episode_log",

@@ -20,5 +20,7 @@ def test_unknown_command_fails_with_usage(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_console_script_is_installed() -> None:
-    done = subprocess.run([sys.executable, "-m", "sop.cli", "--help"], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "sop.cli", "--help"], capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0 and "usage: sop" in done.stdout

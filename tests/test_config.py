@@ -56,7 +56,7 @@ def test_unknown_flag_exits_with_usage(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_missing_config_file_is_named() -> None:
-    with pytest.raises(ConfigError, match="nowhere.yaml"):
+    with pytest.raises(ConfigError, match=r"nowhere\.yaml"):
         parse_config(ExampleConfig, ["--config", "nowhere.yaml"])
 
 

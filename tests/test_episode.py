@@ -29,7 +29,9 @@ def make_episode(num_steps: int = 5) -> Episode:
         REWARD: np.zeros(num_steps, np.float32),
         "observation.images.top": np.zeros((num_steps, 8, 8, 3), np.uint8),
     }
-    return Episode(new_episode_id(), "robot-1", "reach-v3", "reach the goal", Outcome.SUCCESS, 0.0, 1.0, steps)
+    return Episode(
+        new_episode_id(), "robot-1", "reach-v3", "reach the goal", Outcome.SUCCESS, 0.0, 1.0, steps
+    )
 
 
 def test_valid_episode_passes() -> None:
@@ -46,7 +48,10 @@ def test_valid_episode_passes() -> None:
         (lambda e: e.steps.__setitem__(ACTION, np.zeros((5, 4), np.float64)), ACTION),
         (lambda e: e.steps.__setitem__(STATE, np.full((5, 39), np.nan, np.float32)), STATE),
         (lambda e: e.steps.__setitem__(REWARD, np.zeros(4, np.float32)), REWARD),
-        (lambda e: e.steps.__setitem__("observation.images.top", np.zeros((5, 8, 8), np.uint8)), "observation.images.top"),
+        (
+            lambda e: e.steps.__setitem__("observation.images.top", np.zeros((5, 8, 8), np.uint8)),
+            "observation.images.top",
+        ),
         (lambda e: e.steps.__setitem__("pickle_me", np.zeros(5, np.float32)), "pickle_me"),
         (lambda e: setattr(e, "episode_id", "not-a-uuid"), "episode_id"),
         (lambda e: setattr(e, "task", ""), "task"),

@@ -94,6 +94,9 @@ class FakePolicy(Policy):
         self.invalidations += 1
         super().invalidate_warm_start()
 
+    def reseed(self, seed: int) -> None:
+        """Its actions are deterministic already: nothing to seed."""
+
     def act(self, observation: Any) -> np.ndarray:
         self.acts += 1
         return super().act(observation)

@@ -1,0 +1,171 @@
+"""The policy interface every runner talks to: `reset()`, `act(observation)`, chunks, save / load.
+
+An observation is what the environment hands over each control step:
+
+    {"state": float32 (D,), "instruction": str, "task": str, optional "image": uint8 (H, W, 3)}
+    (several cameras: "images": {camera: uint8 (H, W, 3)})
+
+`act` returns one action per control step. Behind it sits action chunking (Diffusion Policy): the policy
+keeps the last To observations, predicts a chunk of Tp actions spanning those To steps and the future, and
+executes Ta of them (from the current step on) before predicting again. The history is filled with the
+first observation after `reset()` (the peers' async-inference bug was a history that was never filled).
+
+Counters (`last_denoiser_calls`, ...) feed the robot's metrics; `version` is the checkpoint version the
+robot records per frame. `invalidate_warm_start()` forces the next chunk to be a full solve and drops the
+queued actions: the robot calls it when the operator hands control back (the arm is no longer where the
+queued chunk assumed) and after swapping in a new policy.
+"""
+
+from __future__ import annotations
+
+import abc
+import collections
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+Observation = Mapping[str, Any]
+
+
+class ObservationError(ValueError):
+    """An observation the policy cannot use; the message names the key and the problem."""
+
+
+@dataclass(frozen=True)
+class ActionChunk:
+    """One prediction: the actions to execute from the current step on, and what the sampler produced."""
+
+    actions: np.ndarray  # (H, A) float32, environment units; actions[0] is for the current step
+    trajectory: torch.Tensor | None  # (Tp, A) sampler output in the network's space (warm starts), if any
+    denoiser_calls: int
+    warm_started: bool
+
+
+class Policy(abc.ABC):
+    """Base of every SOP policy: owns the observation history, the action queue and the counters."""
+
+    policy_type: str = ""
+    # Task ids the policy was trained on (evaluation defaults to these); empty when unknown.
+    tasks: tuple[str, ...] = ()
+
+    def __init__(self, observation_horizon: int, execution_horizon: int, version: int = 0) -> None:
+        if observation_horizon < 1 or execution_horizon < 1:
+            raise ValueError(
+                f"observation_horizon ({observation_horizon}) and execution_horizon ({execution_horizon}) must be >= 1"
+            )
+        self.observation_horizon = observation_horizon
+        self.execution_horizon = execution_horizon
+        self.version = version
+        self._history: collections.deque[Observation] = collections.deque(maxlen=observation_horizon)
+        self._queue: collections.deque[np.ndarray] = collections.deque()
+        self._last_chunk: ActionChunk | None = None
+        self._warm_start_valid = False
+        self._executed_from_last_chunk = 0
+        self.last_denoiser_calls = 0
+        self.last_chunk_warm_started = False
+        self.total_denoiser_calls = 0
+        self.chunks_predicted = 0
+
+    # ---- episode lifecycle -------------------------------------------------------------------------------
+
+    def reset(self, seed: int | None = None) -> None:
+        """Start a new episode: empty history and queue, next chunk fully solved; optionally reseed sampling."""
+        self._history.clear()
+        self.invalidate_warm_start()
+        if seed is not None:
+            self.reseed(seed)
+
+    @abc.abstractmethod
+    def reseed(self, seed: int) -> None:
+        """Make the policy's sampling reproducible from here on."""
+
+    def invalidate_warm_start(self) -> None:
+        """The next `act` predicts a fresh chunk with a full solve; queued actions are dropped."""
+        self._queue.clear()
+        self._last_chunk = None
+        self._warm_start_valid = False
+
+    # ---- acting ------------------------------------------------------------------------------------------
+
+    def act(self, observation: Observation) -> np.ndarray:
+        """One action (A,) float32 for this control step."""
+        self._check_observation(observation)
+        if not self._history:
+            for _ in range(self.observation_horizon):
+                self._history.append(observation)
+        else:
+            self._history.append(observation)
+        if not self._queue:
+            warm_start = self._next_warm_start() if self._warm_start_valid else None
+            chunk = self.predict_chunk(list(self._history), warm_start=warm_start)
+            executable = chunk.actions[: self.execution_horizon]
+            if len(executable) == 0:
+                raise RuntimeError(f"{type(self).__name__}.predict_chunk returned no actions")
+            self._queue.extend(np.asarray(a, dtype=np.float32) for a in executable)
+            self._last_chunk = chunk
+            self._executed_from_last_chunk = 0
+            self._warm_start_valid = chunk.trajectory is not None
+            self.last_denoiser_calls = chunk.denoiser_calls
+            self.last_chunk_warm_started = chunk.warm_started
+            self.total_denoiser_calls += chunk.denoiser_calls
+            self.chunks_predicted += 1
+        self._executed_from_last_chunk += 1
+        return self._queue.popleft()
+
+    def _next_warm_start(self) -> torch.Tensor | None:
+        """The initial guess for the next chunk from the last one; None means a full solve."""
+        return None
+
+    @abc.abstractmethod
+    def predict_chunk(
+        self, observation: Observation | Sequence[Observation], warm_start: torch.Tensor | None = None
+    ) -> ActionChunk:
+        """Predict a chunk from one observation (repeated To times) or the last To observations.
+
+        `warm_start` is an initial guess in the sampler's space (see `ActionChunk.trajectory`); None solves
+        from scratch. This call does not touch the policy's history or queue.
+        """
+
+    def _as_history(self, observation: Observation | Sequence[Observation]) -> list[Observation]:
+        if isinstance(observation, Mapping):
+            history = [observation] * self.observation_horizon
+        else:
+            history = list(observation)
+            if len(history) < self.observation_horizon:
+                if not history:
+                    raise ObservationError("observation: the history is empty")
+                history = [history[0]] * (self.observation_horizon - len(history)) + history
+            history = history[-self.observation_horizon :]
+        for item in history:
+            self._check_observation(item)
+        return history
+
+    def _check_observation(self, observation: Observation) -> None:
+        if not isinstance(observation, Mapping):
+            raise ObservationError(f"observation must be a mapping, got {type(observation).__name__}")
+        if "state" not in observation:
+            raise ObservationError("observation: key 'state' is missing")
+
+    # ---- metrics and persistence -------------------------------------------------------------------------
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return {
+            "policy_version": float(self.version),
+            "denoiser_calls_last_chunk": float(self.last_denoiser_calls),
+            "last_chunk_warm_started": float(self.last_chunk_warm_started),
+            "denoiser_calls_total": float(self.total_denoiser_calls),
+            "chunks_predicted": float(self.chunks_predicted),
+        }
+
+    @abc.abstractmethod
+    def save(self, path: str | Path, version: int | None = None, parent_version: int | None = None) -> Path:
+        """Write a verified checkpoint directory (see sop/checkpoint.py)."""
+
+    @abc.abstractmethod
+    def to_bytes(self, version: int | None = None, parent_version: int | None = None) -> bytes:
+        """The checkpoint blob that travels over gRPC (the same bytes `save` writes)."""

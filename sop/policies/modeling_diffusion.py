@@ -1,0 +1,384 @@
+"""The diffusion policy: one multi-task, instruction-conditioned network behind the `Policy` interface.
+
+`DiffusionNetwork` holds the weights (observation encoder + 1-D U-Net); `DiffusionPolicy` adds what turns
+weights into behaviour: normalization statistics, the sampler (DDPM / DDIM / RTI), the warm start, and the
+checkpoint round trip. Training goes through `compute_loss(batch)` so the offline BC trainer and the cloud
+learner share one loss (per-sample weights included: HG-DAgger and RECAP weight frames differently).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sop.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    build_checkpoint,
+    checkpoint_from_bytes,
+    checkpoint_to_bytes,
+    load_checkpoint,
+    save_checkpoint,
+)
+from sop.config import ConfigError, config_from_dict, config_to_dict
+from sop.episode import ACTION, IMAGE_PREFIX, STATE
+from sop.normalization import NormalizationError, NormalizationMode, NormalizationStats, Normalizer
+from sop.policies.base import ActionChunk, Observation, ObservationError, Policy
+from sop.policies.conditional_unet1d import ConditionalUnet1d
+from sop.policies.configuration_diffusion import (
+    DiffusionPolicyConfig,
+    GripperMode,
+    InstructionEncoderKind,
+    SamplerConfig,
+)
+from sop.policies.instruction_encoder import shared_sentence_encoder
+from sop.policies.observation_encoders import ObservationEncoder, global_condition_dim
+from sop.policies.samplers import make_ddpm_scheduler, make_sampler, rti_warm_start
+
+POLICY_TYPE = "diffusion"
+
+
+class DiffusionNetwork(nn.Module):
+    """All trainable weights: observations -> FiLM condition, (noisy chunk, timestep, condition) -> noise."""
+
+    def __init__(self, config: DiffusionPolicyConfig) -> None:
+        super().__init__()
+        self.observations = ObservationEncoder(config)
+        self.unet = ConditionalUnet1d(
+            action_dim=config.action_dim,
+            global_cond_dim=global_condition_dim(config),
+            down_dims=config.down_dims,
+            kernel_size=config.kernel_size,
+            num_groups=config.num_groups,
+            timestep_embed_dim=config.timestep_embed_dim,
+        )
+
+
+def _as_tensor(value: Any, dtype: torch.dtype, device: torch.device) -> Tensor:
+    if isinstance(value, Tensor):
+        return value.to(device=device, dtype=dtype)
+    return torch.as_tensor(np.asarray(value), dtype=dtype, device=device)
+
+
+class DiffusionPolicy(Policy):
+    policy_type = POLICY_TYPE
+
+    def __init__(
+        self,
+        config: DiffusionPolicyConfig,
+        stats: NormalizationStats,
+        sampler: SamplerConfig | None = None,
+        version: int = 0,
+        parent_version: int | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        sampler = sampler or SamplerConfig()
+        super().__init__(config.observation_horizon, config.execution_horizon, version)
+        if config.instruction_encoder is InstructionEncoderKind.TASK and not config.tasks:
+            raise ValueError("tasks must list the task ids when instruction_encoder is 'task'")
+        self.config = config
+        self.tasks = config.tasks
+        self.parent_version = parent_version
+        for key, dim in ((STATE, config.state_dim), (ACTION, config.action_dim)):
+            if stats[key].dim != dim:
+                raise NormalizationError(
+                    f"{key} statistics have {stats[key].dim} dimensions, the config says {dim}"
+                )
+        self.stats = stats
+        self.device = torch.device(device)
+        self.network = DiffusionNetwork(config).to(self.device)
+        self.normalizer = Normalizer(
+            stats,
+            {STATE: NormalizationMode(config.state_normalization.value), ACTION: NormalizationMode.MIN_MAX},
+        ).to(self.device)
+        self.noise_scheduler = make_ddpm_scheduler(config)
+        self._instruction_cache: dict[str, Tensor] = {}
+        if config.instruction_encoder is InstructionEncoderKind.SENTENCE:
+            shared_sentence_encoder()  # fail now, with a clear message, rather than on the first action
+        self.generator = torch.Generator(device="cpu")
+        self.set_sampler(sampler)
+
+    # ---- configuration -----------------------------------------------------------------------------------
+
+    def set_sampler(self, sampler: SamplerConfig) -> None:
+        """Switch how chunks are drawn (same weights); the next chunk is a full solve."""
+        horizon = sampler.resolved_execution_horizon(self.config.execution_horizon)
+        if self.config.observation_horizon - 1 + horizon > self.config.prediction_horizon:
+            raise ValueError(
+                f"execution_horizon {horizon} does not fit prediction_horizon {self.config.prediction_horizon} "
+                f"with observation_horizon {self.config.observation_horizon}"
+            )
+        self.sampler_config = sampler
+        self.sampler = make_sampler(self.config, sampler)
+        self.execution_horizon = horizon
+        self.generator.manual_seed(sampler.seed)
+        self.invalidate_warm_start()
+
+    def reseed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+    def to(self, device: str | torch.device) -> DiffusionPolicy:
+        self.device = torch.device(device)
+        self.network.to(self.device)
+        self.normalizer.to(self.device)
+        self._instruction_cache.clear()
+        return self
+
+    # ---- spaces ------------------------------------------------------------------------------------------
+
+    def _scale_gripper(self, actions: Tensor, inverse: bool) -> Tensor:
+        if self.config.gripper_mode is not GripperMode.SCALE or self.config.gripper_index is None:
+            return actions
+        factor = self.config.gripper_factor if inverse else 1.0 / self.config.gripper_factor
+        scaled = actions.clone()
+        scaled[..., self.config.gripper_index] *= factor
+        return scaled
+
+    def actions_to_model(self, actions: Tensor) -> Tensor:
+        """Environment units -> the space the sampler works in ([-1, 1], gripper scaled in "scale" mode)."""
+        return self._scale_gripper(self.normalizer.normalize(ACTION, actions), inverse=False)
+
+    def actions_from_model(self, trajectory: Tensor) -> Tensor:
+        return self.normalizer.unnormalize(ACTION, self._scale_gripper(trajectory, inverse=True))
+
+    def _instruction_input(self, tasks: Sequence[str], instructions: Sequence[str]) -> Tensor:
+        if self.config.instruction_encoder is InstructionEncoderKind.TASK:
+            indices = []
+            for task in tasks:
+                if task not in self.config.tasks:
+                    raise ObservationError(
+                        f"task {task!r} is not one this policy knows ({list(self.config.tasks)})"
+                    )
+                indices.append(self.config.tasks.index(task))
+            return torch.as_tensor(indices, dtype=torch.long, device=self.device)
+        missing = [text for text in dict.fromkeys(instructions) if text not in self._instruction_cache]
+        if missing:
+            vectors = shared_sentence_encoder().encode(missing)
+            for text, vector in zip(missing, vectors, strict=True):
+                self._instruction_cache[text] = torch.as_tensor(vector, device=self.device)
+        return torch.stack([self._instruction_cache[text] for text in instructions])
+
+    def _condition(
+        self, state: Tensor, images: dict[str, Tensor], tasks: Sequence[str], instructions: Sequence[str]
+    ) -> Tensor:
+        normalized = self.normalizer.normalize(STATE, state)
+        cond: Tensor = self.network.observations(
+            normalized, images, self._instruction_input(tasks, instructions)
+        )
+        return cond
+
+    # ---- training ----------------------------------------------------------------------------------------
+
+    def compute_loss(self, batch: Mapping[str, Any], mask_padding: bool = False) -> Tensor:
+        """Weighted epsilon-prediction loss on a window batch (numpy or torch values).
+
+        batch: "observation.state" (B, To, D), "action" (B, Tp, A), "task" / "instruction" list[str],
+        optional "weight" (B,) per-sample weights, "action_is_pad" (B, Tp), "observation.images.<cam>".
+        Padded actions (copies of the episode's last action) are trained on unless `mask_padding`, as in
+        Diffusion Policy, which teaches the policy to hold still once a task is done.
+        """
+        state = _as_tensor(batch[STATE], torch.float32, self.device)
+        actions = _as_tensor(batch[ACTION], torch.float32, self.device)
+        batch_size = state.shape[0]
+        to, tp = self.config.observation_horizon, self.config.prediction_horizon
+        if state.ndim != 3 or state.shape[1] != to or state.shape[2] != self.config.state_dim:
+            raise ValueError(
+                f"{STATE} has shape {tuple(state.shape)}, expected (B, {to}, {self.config.state_dim})"
+            )
+        if actions.shape != (batch_size, tp, self.config.action_dim):
+            raise ValueError(
+                f"{ACTION} has shape {tuple(actions.shape)}, expected ({batch_size}, {tp}, {self.config.action_dim})"
+            )
+        images = {
+            camera: _as_tensor(batch[IMAGE_PREFIX + camera], torch.uint8, self.device)
+            for camera in self.config.cameras
+        }
+        tasks = list(batch.get("task") or [""] * batch_size)
+        instructions = list(batch.get("instruction") or tasks)
+        cond = self._condition(state, images, tasks, instructions)
+
+        trajectory = self.actions_to_model(actions)
+        noise = torch.randn_like(trajectory)
+        timesteps = torch.randint(0, self.config.num_train_timesteps, (batch_size,), device=self.device)
+        noisy = self.noise_scheduler.add_noise(trajectory, noise, cast(torch.IntTensor, timesteps))
+        prediction = self.network.unet(noisy, timesteps, cond)
+        per_element = F.mse_loss(prediction, noise, reduction="none")
+        if mask_padding and "action_is_pad" in batch:
+            valid = ~_as_tensor(batch["action_is_pad"], torch.bool, self.device)
+            per_sample = (per_element * valid[..., None]).sum((1, 2)) / (
+                valid.sum(1) * per_element.shape[-1]
+            ).clamp_min(1)
+        else:
+            per_sample = per_element.mean(dim=(1, 2))
+        if "weight" in batch and batch["weight"] is not None:
+            weights = _as_tensor(batch["weight"], torch.float32, self.device)
+            return (per_sample * weights).sum() / weights.sum().clamp_min(1e-8)
+        return per_sample.mean()
+
+    # ---- inference ---------------------------------------------------------------------------------------
+
+    def _check_observation(self, observation: Observation) -> None:
+        super()._check_observation(observation)
+        state = observation["state"]
+        shape = np.shape(state)
+        if shape != (self.config.state_dim,):
+            raise ObservationError(
+                f"observation 'state' has shape {shape}, expected ({self.config.state_dim},)"
+            )
+
+    def _observation_images(self, history: list[Observation]) -> dict[str, Tensor]:
+        images = {}
+        for camera in self.config.cameras:
+            frames = []
+            for observation in history:
+                if "images" in observation and camera in observation["images"]:
+                    frames.append(observation["images"][camera])
+                elif "image" in observation and len(self.config.cameras) == 1:
+                    frames.append(observation["image"])
+                else:
+                    raise ObservationError(f"observation has no image for camera {camera!r}")
+            images[camera] = torch.as_tensor(np.stack(frames)[None], dtype=torch.uint8, device=self.device)
+        return images
+
+    @torch.inference_mode()
+    def predict_chunk(
+        self, observation: Observation | Sequence[Observation], warm_start: Tensor | None = None
+    ) -> ActionChunk:
+        history = self._as_history(observation)
+        state = torch.as_tensor(
+            np.stack([np.asarray(o["state"], dtype=np.float32) for o in history])[None], device=self.device
+        )
+        current = history[-1]
+        task = str(current.get("task", ""))
+        instruction = str(current.get("instruction", task))
+        self.network.eval()
+        cond = self._condition(state, self._observation_images(history), [task], [instruction])
+
+        def denoise(sample: Tensor, timesteps: Tensor) -> Tensor:
+            out: Tensor = self.network.unet(sample, timesteps, cond)
+            return out
+
+        shape = (1, self.config.prediction_horizon, self.config.action_dim)
+        initial = None if warm_start is None else warm_start.reshape(shape)
+        result = self.sampler.sample(denoise, shape, self.generator, self.device, warm_start=initial)
+        trajectory = result.trajectory[0]
+        if self.config.gripper_handled:
+            assert self.config.gripper_index is not None
+            # RTI-DP sends a discrete gripper command, the sign of the prediction. The sign is taken in the
+            # network's space, whose ±1 are the two extremes of the gripper in the data: ±1 for a binary
+            # gripper as in RTI-DP, and e.g. "relaxed" vs "grasp" for Meta-World's effort-driven gripper
+            # (where rounding at 0 in environment units would close the hand before it reaches the object).
+            discrete = trajectory.clone()
+            column = discrete[:, self.config.gripper_index]
+            level = 1.0 / self.config.gripper_factor if self.config.gripper_mode is GripperMode.SCALE else 1.0
+            discrete[:, self.config.gripper_index] = torch.where(column > 0.0, level, -level)
+            actions = self.actions_from_model(discrete)
+        else:
+            actions = self.actions_from_model(trajectory)
+        start = self.config.observation_horizon - 1
+        return ActionChunk(
+            actions=actions[start:].cpu().numpy().astype(np.float32),
+            trajectory=trajectory.detach().clone(),
+            denoiser_calls=result.denoiser_calls,
+            warm_started=result.warm_started,
+        )
+
+    def _next_warm_start(self) -> Tensor | None:
+        if (
+            not self.sampler.uses_warm_start
+            or self._last_chunk is None
+            or self._last_chunk.trajectory is None
+        ):
+            return None
+        clip_to = None
+        if self.config.gripper_mode is GripperMode.CLIP:
+            clip_to = 1.0 / self.config.gripper_factor
+        return rti_warm_start(
+            self._last_chunk.trajectory, self._executed_from_last_chunk, self.config.gripper_index, clip_to
+        )
+
+    # ---- checkpoints -------------------------------------------------------------------------------------
+
+    def to_checkpoint(
+        self,
+        version: int | None = None,
+        parent_version: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Checkpoint:
+        return build_checkpoint(
+            self.network.state_dict(),
+            policy_type=POLICY_TYPE,
+            version=self.version if version is None else version,
+            parent_version=self.parent_version if parent_version is None else parent_version,
+            policy_config=config_to_dict(self.config),
+            normalization=self.stats.to_dict(),
+            extra=extra,
+        )
+
+    def save(self, path: str | Path, version: int | None = None, parent_version: int | None = None) -> Path:
+        return save_checkpoint(self.to_checkpoint(version, parent_version), path)
+
+    def to_bytes(self, version: int | None = None, parent_version: int | None = None) -> bytes:
+        return checkpoint_to_bytes(self.to_checkpoint(version, parent_version))
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: Checkpoint, sampler: SamplerConfig | None = None, device: str | torch.device = "cpu"
+    ) -> DiffusionPolicy:
+        manifest = checkpoint.manifest
+        if manifest.policy_type != POLICY_TYPE:
+            raise CheckpointError(f"policy_type is {manifest.policy_type!r}, expected {POLICY_TYPE!r}")
+        try:
+            config = config_from_dict(DiffusionPolicyConfig, manifest.policy_config)
+        except ConfigError as exc:
+            raise CheckpointError(f"policy_config: {exc}") from None
+        try:
+            stats = NormalizationStats.from_dict(manifest.normalization)
+        except NormalizationError as exc:
+            raise CheckpointError(f"normalization: {exc}") from None
+        policy = cls(config, stats, sampler, manifest.version, manifest.parent_version, device)
+        missing, unexpected = policy.network.load_state_dict(checkpoint.tensors, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"weights do not fit the config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        return policy
+
+    @classmethod
+    def load(
+        cls, path: str | Path, sampler: SamplerConfig | None = None, device: str | torch.device = "cpu"
+    ) -> DiffusionPolicy:
+        return cls.from_checkpoint(load_checkpoint(path), sampler, device)
+
+    @classmethod
+    def from_bytes(
+        cls,
+        blob: bytes,
+        expected_sha256: str | None = None,
+        sampler: SamplerConfig | None = None,
+        device: str | torch.device = "cpu",
+    ) -> DiffusionPolicy:
+        return cls.from_checkpoint(checkpoint_from_bytes(blob, expected_sha256), sampler, device)
+
+    def with_weights(self, state_dict: Mapping[str, Tensor], version: int | None = None) -> DiffusionPolicy:
+        """A new policy with this one's config, statistics and sampler and the given weights (e.g. the EMA).
+
+        Built under a forked RNG: the throwaway initialisation must not move a training run's random stream,
+        or a run that checkpoints would diverge from one that resumes from that checkpoint."""
+        with torch.random.fork_rng(devices=[]):
+            policy = DiffusionPolicy(
+                self.config,
+                self.stats,
+                self.sampler_config,
+                self.version if version is None else version,
+                self.parent_version,
+                self.device,
+            )
+        policy.network.load_state_dict(dict(state_dict))
+        return policy

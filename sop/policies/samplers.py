@@ -1,0 +1,232 @@
+"""Samplers: how a chunk is drawn from the denoiser. Each one does one thing.
+
+- `DDPMSampler`: the full ancestral schedule from Gaussian noise (100 steps by default).
+- `DDIMSampler`: k deterministic DDIM steps from Gaussian noise (cold start).
+- `RTISampler` (RTI-DP): the first chunk with the full DDPM schedule (or, optionally, a DDIM cold start
+  to shorten the stall at episode start and hand-back); every later chunk starts from the
+  previous chunk shifted by the executed steps (last action repeated; `rti_warm_start`), used directly as
+  the sample at the first listed timestep (no re-noising, as in RTI-DP's public code), and runs only the
+  last K' timesteps, e.g. (2, 1, 0), in the DDPM index space. A warm start of None means "solve fully":
+  after reset(), a policy swap or an operator hand-back.
+
+Schedules come from diffusers (`DDPMScheduler`/`DDIMScheduler`, squared cosine, epsilon prediction); each
+sampler owns its scheduler instance because `set_timesteps` mutates it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
+from torch import Tensor
+
+from sop.policies.configuration_diffusion import DiffusionPolicyConfig, SamplerConfig, SamplerKind
+
+# (noisy sample (B, T, A), timesteps (B,) long) -> predicted noise (B, T, A); the condition is bound inside.
+Denoiser = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    trajectory: Tensor  # (B, T, A) in the network's (normalized) action space
+    denoiser_calls: int
+    warm_started: bool
+
+
+class Sampler(Protocol):
+    name: str
+    uses_warm_start: bool
+
+    def sample(
+        self,
+        denoise: Denoiser,
+        shape: tuple[int, int, int],
+        generator: torch.Generator | None,
+        device: torch.device,
+        warm_start: Tensor | None = None,
+    ) -> SampleResult: ...
+
+
+def make_ddpm_scheduler(config: DiffusionPolicyConfig) -> DDPMScheduler:
+    return DDPMScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule=config.beta_schedule,
+        prediction_type="epsilon",
+        clip_sample=config.clip_sample,
+        clip_sample_range=1.0,
+    )
+
+
+def _denoise_loop(
+    scheduler: DDPMScheduler | DDIMScheduler,
+    denoise: Denoiser,
+    sample: Tensor,
+    timesteps: Sequence[int],
+    generator: torch.Generator | None,
+) -> Tensor:
+    batch = sample.shape[0]
+    for t in timesteps:
+        t_batch = torch.full((batch,), int(t), dtype=torch.long, device=sample.device)
+        noise_prediction = denoise(sample, t_batch)
+        output = scheduler.step(noise_prediction, int(t), sample, generator=generator)
+        sample = output[0] if isinstance(output, tuple) else output.prev_sample
+    return sample
+
+
+def _initial_noise(
+    shape: tuple[int, int, int], generator: torch.Generator | None, device: torch.device
+) -> Tensor:
+    # Drawn on the generator's device (CPU by default) so a seed gives the same chunk on any device.
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(shape, generator=generator, device=gen_device).to(device)
+
+
+class DDPMSampler:
+    name = "ddpm"
+    uses_warm_start = False
+
+    def __init__(self, config: DiffusionPolicyConfig, num_steps: int | None = None) -> None:
+        self.scheduler = make_ddpm_scheduler(config)
+        self.num_steps = num_steps or config.num_train_timesteps
+        if not 1 <= self.num_steps <= config.num_train_timesteps:
+            raise ValueError(f"ddpm_steps must be in [1, {config.num_train_timesteps}], got {self.num_steps}")
+        self.scheduler.set_timesteps(self.num_steps)
+        self.timesteps = [int(t) for t in self.scheduler.timesteps]
+
+    def sample(
+        self,
+        denoise: Denoiser,
+        shape: tuple[int, int, int],
+        generator: torch.Generator | None,
+        device: torch.device,
+        warm_start: Tensor | None = None,
+    ) -> SampleResult:
+        if warm_start is not None:
+            raise ValueError("the DDPM sampler always starts from noise; pass warm_start=None")
+        sample = _initial_noise(shape, generator, device)
+        trajectory = _denoise_loop(self.scheduler, denoise, sample, self.timesteps, generator)
+        return SampleResult(trajectory, len(self.timesteps), warm_started=False)
+
+
+class DDIMSampler:
+    name = "ddim"
+    uses_warm_start = False
+
+    def __init__(self, config: DiffusionPolicyConfig, num_steps: int) -> None:
+        if not 1 <= num_steps <= config.num_train_timesteps:
+            raise ValueError(f"ddim_steps must be in [1, {config.num_train_timesteps}], got {num_steps}")
+        self.scheduler = DDIMScheduler(
+            num_train_timesteps=config.num_train_timesteps,
+            beta_schedule=config.beta_schedule,
+            prediction_type="epsilon",
+            clip_sample=config.clip_sample,
+            clip_sample_range=1.0,
+        )
+        self.scheduler.set_timesteps(num_steps)
+        self.timesteps = [int(t) for t in self.scheduler.timesteps]
+
+    def sample(
+        self,
+        denoise: Denoiser,
+        shape: tuple[int, int, int],
+        generator: torch.Generator | None,
+        device: torch.device,
+        warm_start: Tensor | None = None,
+    ) -> SampleResult:
+        if warm_start is not None:
+            raise ValueError("the DDIM sampler always starts from noise; pass warm_start=None")
+        sample = _initial_noise(shape, generator, device)
+        trajectory = _denoise_loop(self.scheduler, denoise, sample, self.timesteps, generator)
+        return SampleResult(trajectory, len(self.timesteps), warm_started=False)
+
+
+class RTISampler:
+    name = "rti"
+    uses_warm_start = True
+
+    def __init__(
+        self,
+        config: DiffusionPolicyConfig,
+        timesteps: Sequence[int],
+        cold_start: DDPMSampler | DDIMSampler | None = None,
+    ) -> None:
+        if not timesteps or max(timesteps) >= config.num_train_timesteps:
+            raise ValueError(
+                f"rti_timesteps must lie in [0, {config.num_train_timesteps}), got {tuple(timesteps)}"
+            )
+        self.cold_start = cold_start or DDPMSampler(config)
+        # Stepping with set_timesteps(num_train_timesteps) makes each step go from t to t-1, as in RTI-DP.
+        self.scheduler = make_ddpm_scheduler(config)
+        self.scheduler.set_timesteps(config.num_train_timesteps)
+        self.timesteps = [int(t) for t in timesteps]
+
+    def sample(
+        self,
+        denoise: Denoiser,
+        shape: tuple[int, int, int],
+        generator: torch.Generator | None,
+        device: torch.device,
+        warm_start: Tensor | None = None,
+    ) -> SampleResult:
+        if warm_start is None:
+            return self.cold_start.sample(denoise, shape, generator, device)
+        if tuple(warm_start.shape) != tuple(shape):
+            raise ValueError(f"warm_start has shape {tuple(warm_start.shape)}, expected {shape}")
+        trajectory = _denoise_loop(
+            self.scheduler, denoise, warm_start.to(device).clone(), self.timesteps, generator
+        )
+        return SampleResult(trajectory, len(self.timesteps), warm_started=True)
+
+
+def shift_chunk(trajectory: Tensor, executed_steps: int) -> Tensor:
+    """The previous chunk moved forward by the executed steps along time (axis -2), last action repeated."""
+    horizon = trajectory.shape[-2]
+    if not 0 <= executed_steps <= horizon:
+        raise ValueError(f"executed_steps must be in [0, {horizon}], got {executed_steps}")
+    if executed_steps == 0:
+        return trajectory.clone()
+    kept = trajectory[..., executed_steps:, :]
+    last = trajectory[..., -1:, :]
+    repeats = [1] * trajectory.ndim
+    repeats[-2] = executed_steps
+    return torch.cat([kept, last.repeat(*repeats)], dim=-2)
+
+
+def snap_gripper(trajectory: Tensor, index: int, magnitude: float) -> Tensor:
+    """RTI-DP's "clip" variant: the gripper dimension set to ±magnitude by its sign (>0 -> +)."""
+    snapped = trajectory.clone()
+    column = snapped[..., index]
+    snapped[..., index] = torch.where(column > 0.0, magnitude, -magnitude).to(snapped.dtype)
+    return snapped
+
+
+def rti_warm_start(
+    previous: Tensor,
+    executed_steps: int,
+    gripper_index: int | None = None,
+    clip_gripper_to: float | None = None,
+) -> Tensor:
+    """The initial guess for the next chunk: shifted previous chunk, gripper snapped in the "clip" variant."""
+    guess = shift_chunk(previous, executed_steps)
+    if gripper_index is not None and clip_gripper_to is not None:
+        guess = snap_gripper(guess, gripper_index, clip_gripper_to)
+    return guess
+
+
+def make_sampler(
+    config: DiffusionPolicyConfig, sampler: SamplerConfig
+) -> DDPMSampler | DDIMSampler | RTISampler:
+    if sampler.kind is SamplerKind.DDPM:
+        return DDPMSampler(config, sampler.ddpm_steps)
+    if sampler.kind is SamplerKind.DDIM:
+        return DDIMSampler(config, sampler.ddim_steps)
+    cold: DDPMSampler | DDIMSampler
+    if sampler.rti_cold_start is SamplerKind.DDIM:
+        cold = DDIMSampler(config, sampler.ddim_steps)
+    else:
+        cold = DDPMSampler(config, sampler.ddpm_steps)
+    return RTISampler(config, sampler.rti_timesteps, cold)

@@ -1,0 +1,1 @@
+"""Training: the reusable behaviour-cloning update (`trainer.BCTrainer`) and the offline `sop train bc` loop."""
