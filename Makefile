@@ -12,7 +12,7 @@ setup:
 	bash scripts/setup.sh
 
 demo: setup
-	$(BIN)/sop sim showcase
+	$(BIN)/sop demo
 
 lint:
 	$(BIN)/ruff check .

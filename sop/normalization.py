@@ -164,7 +164,8 @@ class NormalizationStats:
     def from_episodes(cls, episodes: Iterable[Any], keys: Iterable[str]) -> NormalizationStats:
         """From `sop.episode.Episode` objects (anything with a `steps` mapping of column arrays)."""
         episodes = list(episodes)
-        return cls.from_arrays({key: (episode.steps[key] for episode in episodes) for key in keys})
+        # Lists, not generators: a generator would bind `key` late and give every feature the last key's data.
+        return cls.from_arrays({key: [episode.steps[key] for episode in episodes] for key in keys})
 
     @classmethod
     def from_store(
