@@ -38,6 +38,7 @@ from rich.table import Table
 
 from sim.fleet_processes import FleetProcesses, free_port, wait_for_port
 from sim.fleet_report import plot_run, read_episode_events, read_jsonl, summarize, write_report
+from sim.tasks import expand_task_list_flag
 from sop.config import config_to_dict, parse_config
 from sop.credentials import TokenRegistry, new_token
 from sop.policies.configuration_diffusion import DiffusionPolicyConfig, SamplerConfig, SamplerKind
@@ -483,7 +484,7 @@ def latest_published(run_dir: Path) -> tuple[bytes | None, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = expand_task_list_flag(sys.argv[1:] if argv is None else argv)
     if "--quick" in args:
         args.remove("--quick")
         args = ["--config", "demo_quick.yaml", *args]

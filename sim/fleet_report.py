@@ -226,7 +226,10 @@ def write_report(run_dir: Path, summary: dict[str, Any], plots: list[Path]) -> P
     )
     lines += ["", "## Checkpoints applied by each robot", ""]
     for robot_id, versions in sorted(summary["checkpoints_applied"].items()):
-        lines.append(f"- {robot_id}: {', '.join(map(str, versions)) or 'none'}")
+        if len(versions) > 8:
+            lines.append(f"- {robot_id}: {len(versions)} versions, v{versions[0]} … v{versions[-1]}")
+        else:
+            lines.append(f"- {robot_id}: {', '.join(f'v{v}' for v in versions) or 'none'}")
     lines += ["", "## Plots", ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
     report = run_dir / "report.md"

@@ -37,7 +37,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "bench env": Command("sim.benchmark", "Meta-World env steps/s with and without rendering"),
     "bench data": Command("sop.data.benchmark", "codec, store and window-sampler throughput"),
-    "bench rti": Command("sop.policies.benchmark", "RTI vs DDPM/DDIM success and latency"),
+    "bench rti": Command("sim.rti_benchmark", "RTI vs DDPM/DDIM success and latency"),
     "bench robot": Command("robot_client.benchmark", "control-loop timing while uploading and swapping"),
     "bench learner": Command("cloud_learner.benchmark", "ingest, broadcast and trainer throughput"),
     "bench fleet": Command("sim.fleet_benchmark", "success vs per-robot steps for 1, 2, 4 robots"),
