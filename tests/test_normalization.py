@@ -13,4 +13,6 @@ def test_stats_from_episodes_keep_each_feature_apart() -> None:
     assert stats[STATE].dim == episodes[0].steps[STATE].shape[1]
     assert stats[ACTION].dim == episodes[0].steps[ACTION].shape[1]
     expected = NormalizationStats.from_arrays({STATE: [e.steps[STATE] for e in episodes]})
-    assert np.allclose(np.asarray(stats[STATE].to_dict()["min"]), np.asarray(expected[STATE].to_dict()["min"]))
+    assert np.allclose(
+        np.asarray(stats[STATE].to_dict()["min"]), np.asarray(expected[STATE].to_dict()["min"])
+    )
