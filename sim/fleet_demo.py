@@ -92,7 +92,7 @@ class FleetDemoConfig:
     publish_every_steps: int = field(default=25, metadata={"help": "learner steps between checkpoints"})
     learner_batch_size: int = 64
     learner_threads: int = 1
-    learner_lr: float = field(default=1e-3, metadata={"help": "post-training learning rate"})
+    learner_lr: float = field(default=3e-4, metadata={"help": "post-training learning rate"})
     base: BasePolicyConfig = field(default_factory=BasePolicyConfig)
     live: bool = field(default=True, metadata={"help": "live terminal view (off: periodic log lines)"})
 
