@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from diffusers.schedulers.scheduling_ddim import DDIMScheduler
@@ -85,17 +85,13 @@ def _initial_noise(
     return torch.randn(shape, generator=generator, device=gen_device).to(device)
 
 
-class DDPMSampler:
-    name = "ddpm"
-    uses_warm_start = False
+class _ColdStartSampler:
+    """Pure noise through every timestep of `self.timesteps`; DDPM and DDIM differ only in their scheduler."""
 
-    def __init__(self, config: DiffusionPolicyConfig, num_steps: int | None = None) -> None:
-        self.scheduler = make_ddpm_scheduler(config)
-        self.num_steps = num_steps or config.num_train_timesteps
-        if not 1 <= self.num_steps <= config.num_train_timesteps:
-            raise ValueError(f"ddpm_steps must be in [1, {config.num_train_timesteps}], got {self.num_steps}")
-        self.scheduler.set_timesteps(self.num_steps)
-        self.timesteps = [int(t) for t in self.scheduler.timesteps]
+    name: str
+    uses_warm_start = False
+    scheduler: Any
+    timesteps: list[int]
 
     def sample(
         self,
@@ -106,15 +102,28 @@ class DDPMSampler:
         warm_start: Tensor | None = None,
     ) -> SampleResult:
         if warm_start is not None:
-            raise ValueError("the DDPM sampler always starts from noise; pass warm_start=None")
+            raise ValueError(
+                f"the {self.name.upper()} sampler always starts from noise; pass warm_start=None"
+            )
         sample = _initial_noise(shape, generator, device)
         trajectory = _denoise_loop(self.scheduler, denoise, sample, self.timesteps, generator)
         return SampleResult(trajectory, len(self.timesteps), warm_started=False)
 
 
-class DDIMSampler:
+class DDPMSampler(_ColdStartSampler):
+    name = "ddpm"
+
+    def __init__(self, config: DiffusionPolicyConfig, num_steps: int | None = None) -> None:
+        self.scheduler = make_ddpm_scheduler(config)
+        self.num_steps = num_steps or config.num_train_timesteps
+        if not 1 <= self.num_steps <= config.num_train_timesteps:
+            raise ValueError(f"ddpm_steps must be in [1, {config.num_train_timesteps}], got {self.num_steps}")
+        self.scheduler.set_timesteps(self.num_steps)
+        self.timesteps = [int(t) for t in self.scheduler.timesteps]
+
+
+class DDIMSampler(_ColdStartSampler):
     name = "ddim"
-    uses_warm_start = False
 
     def __init__(self, config: DiffusionPolicyConfig, num_steps: int) -> None:
         if not 1 <= num_steps <= config.num_train_timesteps:
@@ -128,20 +137,6 @@ class DDIMSampler:
         )
         self.scheduler.set_timesteps(num_steps)
         self.timesteps = [int(t) for t in self.scheduler.timesteps]
-
-    def sample(
-        self,
-        denoise: Denoiser,
-        shape: tuple[int, int, int],
-        generator: torch.Generator | None,
-        device: torch.device,
-        warm_start: Tensor | None = None,
-    ) -> SampleResult:
-        if warm_start is not None:
-            raise ValueError("the DDIM sampler always starts from noise; pass warm_start=None")
-        sample = _initial_noise(shape, generator, device)
-        trajectory = _denoise_loop(self.scheduler, denoise, sample, self.timesteps, generator)
-        return SampleResult(trajectory, len(self.timesteps), warm_started=False)
 
 
 class RTISampler:
