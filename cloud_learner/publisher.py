@@ -19,8 +19,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
-from cloud_learner.checkpoint_store import CheckpointRecord, CheckpointStore
+from cloud_learner.checkpoint_store import (
+    CheckpointRecord,
+    CheckpointStore,
+    as_first_version,
+    read_checkpoint_blob,
+)
 from sop.checkpoint import CheckpointError
 from sop.v1 import fleet_pb2
 
@@ -153,6 +159,16 @@ class Publisher:
             record.size_bytes,
             record.sha256[:12],
         )
+
+    def publish_base(self, path: str | Path) -> CheckpointRecord | None:
+        """First run only: publish the base checkpoint at `path` as v1 (parent 0) so robots get a policy at
+        once. Returns its record, or None when the store already holds a version (a restart)."""
+        if self.latest is not None:
+            return None
+        blob = as_first_version(read_checkpoint_blob(path))
+        record = self.store.publish(blob, train_step=0)
+        self.announce(record, blob)
+        return record
 
     def close(self) -> None:
         """Wake every watcher so its stream ends (the learner is stopping)."""

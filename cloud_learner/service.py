@@ -37,7 +37,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cloud_learner.auth import RobotAuthInterceptor, authenticated_robot_id
-from cloud_learner.checkpoint_store import CheckpointStore, as_first_version, read_checkpoint_blob
+from cloud_learner.checkpoint_store import CheckpointStore
 from cloud_learner.config import LearnerConfig
 from cloud_learner.ingest import Ingest, IngestError, UploadStaging
 from cloud_learner.liveness import StreamWatchdog
@@ -299,10 +299,9 @@ class LearnerService:
         self.watchdog = StreamWatchdog(config.server.stream_idle_timeout_s)
         self.auth = RobotAuthInterceptor(registry)
 
-        if self.publisher.latest is None and config.trainer.base_checkpoint is not None:
+        if config.trainer.base_checkpoint is not None:
             # First run: robots get the base policy (as v1) from their first WatchPolicy on.
-            blob = as_first_version(read_checkpoint_blob(config.trainer.base_checkpoint))
-            self.publisher.announce(self.checkpoints.publish(blob, train_step=0), blob)
+            self.publisher.publish_base(config.trainer.base_checkpoint)
         if config.trainer.enabled:
             from cloud_learner.trainer import Trainer  # torch and the policy code load only here
 

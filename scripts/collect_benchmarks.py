@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-ORDER = ["env", "data", "rti", "robot", "learner", "fleet"]
+ORDER = ["env", "data", "rti", "robot", "learner", "fleet", "fleet_scaling"]
 
 HEADER = """# SOP benchmarks
 

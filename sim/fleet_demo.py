@@ -27,6 +27,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -230,6 +231,7 @@ class FleetView:
                 / max(1, len(recent)),
                 "intervention": sum(e["intervention_frames"] for e in recent)
                 / max(1, sum(e["num_steps"] for e in recent)),
+                "env_steps": sum(int(e["num_steps"]) for e in events),
                 "versions": sorted({int(e["policy_version"]) for e in events}),
             }
         return rows
@@ -300,20 +302,16 @@ def write_credentials(run_dir: Path, robot_ids: list[str]) -> tuple[Path, dict[s
     return hashes, token_files
 
 
-def learner_args(
-    config: FleetDemoConfig, run_dir: Path, port: int, base: Path, demos: Path, hashes: Path
+def learner_training_args(
+    config: FleetDemoConfig, learner_dir: Path, base: Path, offline_stores: list[Path]
 ) -> list[str]:
+    """The learner's training settings as `LearnerConfig` flags (shared by the service and the offline arm of
+    `sop bench fleet`, so both train exactly alike)."""
     return [
-        "learner",
-        "serve",
         "--config",
         "learner.yaml",
         "--run_dir",
-        str(run_dir / "learner"),
-        "--server.address",
-        f"127.0.0.1:{port}",
-        "--auth.token_hashes_file",
-        str(hashes),
+        str(learner_dir),
         "--trainer.base_checkpoint",
         str(base),
         "--trainer.batch_size",
@@ -325,9 +323,23 @@ def learner_args(
         "--algorithm.optimizer.lr",
         str(config.learner_lr),
         "--replay.offline_stores",
-        json.dumps([str(demos)]),
+        json.dumps([str(store) for store in offline_stores]),
         "--replay.tasks",
         json.dumps(list(config.tasks)),
+    ]
+
+
+def learner_args(
+    config: FleetDemoConfig, run_dir: Path, port: int, base: Path, demos: Path, hashes: Path
+) -> list[str]:
+    return [
+        "learner",
+        "serve",
+        *learner_training_args(config, run_dir / "learner", base, [demos]),
+        "--server.address",
+        f"127.0.0.1:{port}",
+        "--auth.token_hashes_file",
+        str(hashes),
     ]
 
 
@@ -377,16 +389,26 @@ class Interrupted(Exception):
     """Ctrl-C or SIGTERM during the online phase: stop cleanly and still write what we have."""
 
 
-def run_fleet_demo(config: FleetDemoConfig, console: Console | None = None) -> dict[str, Any]:
-    """Run the whole demo; returns the summary written to `summary.json`."""
-    console = console or Console()
-    wall_start = time.monotonic()
-    run_dir = Path(config.out or f"runs/{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
-    console.print(f"[bold]SOP fleet demo[/bold] → {run_dir}")
+@dataclass
+class OnlinePhase:
+    """What the online phase leaves behind for the evaluation and the report."""
 
-    base_checkpoint, demos = prepare_base_policy(config, console)
+    started_at: float  # wall clock (time.time) when the robots started
+    exit_codes: dict[str, int | None]
+    interrupted: bool
+    view: FleetView
+
+
+def run_online_phase(
+    config: FleetDemoConfig,
+    run_dir: Path,
+    base_checkpoint: Path,
+    demos: Path,
+    console: Console,
+    watch: Callable[[FleetView], bool] | None = None,
+) -> OnlinePhase:
+    """Start the learner and `config.robots` robot daemons, run them for `config.budget_s` (or until `watch`,
+    called about once a second, returns True) and stop them all cleanly, also on Ctrl-C / SIGTERM."""
     robot_ids = [f"robot-{i}" for i in range(config.robots)]
     hashes, token_files = write_credentials(run_dir, robot_ids)
     processes = FleetProcesses(run_dir / "logs")
@@ -398,7 +420,7 @@ def run_fleet_demo(config: FleetDemoConfig, console: Console | None = None) -> d
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     interrupted = False
-    online_started_at = time.time()
+    started_at = time.time()
     env = {"OMP_NUM_THREADS": "1", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "PYTHONUNBUFFERED": "1"}
     try:
         learner = processes.start(
@@ -413,7 +435,7 @@ def run_fleet_demo(config: FleetDemoConfig, console: Console | None = None) -> d
                 env,
             )
         view.started = time.monotonic()
-        online_started_at = time.time()
+        started_at = time.time()
         deadline = view.started + config.budget_s
         last_log = 0.0
         live = (
@@ -432,6 +454,8 @@ def run_fleet_demo(config: FleetDemoConfig, console: Console | None = None) -> d
                 elif time.monotonic() - last_log > 15:
                     console.print(view.log_line())
                     last_log = time.monotonic()
+                if watch is not None and watch(view):
+                    break
                 time.sleep(1.0)
         finally:
             if live is not None:
@@ -444,6 +468,20 @@ def run_fleet_demo(config: FleetDemoConfig, console: Console | None = None) -> d
         for s, handler in previous.items():
             signal.signal(s, handler)
     console.print(f"fleet stopped: exit codes {codes}")
+    return OnlinePhase(started_at, codes, interrupted, view)
+
+
+def run_fleet_demo(config: FleetDemoConfig, console: Console | None = None) -> dict[str, Any]:
+    """Run the whole demo; returns the summary written to `summary.json`."""
+    console = console or Console()
+    wall_start = time.monotonic()
+    run_dir = Path(config.out or f"runs/{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
+    console.print(f"[bold]SOP fleet demo[/bold] → {run_dir}")
+
+    base_checkpoint, demos = prepare_base_policy(config, console)
+    online = run_online_phase(config, run_dir, base_checkpoint, demos, console)
 
     final_blob, final_version = latest_published(run_dir)
     console.print(
@@ -452,15 +490,15 @@ def run_fleet_demo(config: FleetDemoConfig, console: Console | None = None) -> d
     base_eval = evaluate_checkpoint(base_checkpoint, config)
     final_eval = evaluate_checkpoint(final_blob, config) if final_blob is not None else dict(base_eval)
 
-    events = read_episode_events(run_dir, online_started_at)
+    events = read_episode_events(run_dir, online.started_at)
     train_rows = read_jsonl(run_dir / "learner" / "train.jsonl")
-    applied = {rid: row["versions"] for rid, row in view.robot_rows().items()}
+    applied = {rid: row["versions"] for rid, row in online.view.robot_rows().items()}
     summary = summarize(events, train_rows, base_eval, final_eval, time.monotonic() - wall_start, applied)
     summary["final_version"] = final_version
-    summary["online_started_at"] = online_started_at
-    summary["interrupted"] = interrupted
-    summary["process_exit_codes"] = codes
-    plots = plot_run(run_dir, events, train_rows, online_started_at)
+    summary["online_started_at"] = online.started_at
+    summary["interrupted"] = online.interrupted
+    summary["process_exit_codes"] = online.exit_codes
+    plots = plot_run(run_dir, events, train_rows, online.started_at)
     report = write_report(run_dir, summary, plots)
     console.print(
         f"mean success on held-out episodes: base {summary['base_mean_success']:.2f} → "
