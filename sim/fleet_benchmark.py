@@ -1,7 +1,7 @@
 """`sop bench fleet`: does a bigger fleet learn faster per robot, and does online data beat more demonstrations?
 
     sop bench fleet                          # configs/bench_fleet.yaml: 1, 2 and 4 robots
-    sop bench fleet --robots 1,2,4 --per_robot_steps 6000
+    sop bench fleet --robots 1,2 --per_robot_steps 3000 --fleet.tasks drawer-open-v3
 
 Fleet scaling. For each fleet size n the same cached base policy goes online exactly as in `sop demo` (the
 learner and n robot daemons as separate processes over gRPC on 127.0.0.1, simulated operators) until every
@@ -12,9 +12,11 @@ parallel `sop sim eval` processes. "Steps to target" for a fleet size is the per
 first snapshot whose success reaches `target`.
 
 The x axis is per-robot env steps because that is what a fleet buys: with n robots the learner sees n
-times the data per robot-hour. On one machine every process shares the same cores, so the learner's
-steps per robot step stay about constant across fleet sizes (the table reports them, so the reader can
-check) — the same balance as a cloud learner fed by robots in real time.
+times the data per robot-hour. The robots run in real time (`fleet.robot_rate_hz`, 30 Hz), as real robots
+do, so the learner — on the same cores here, on its own GPUs in SOP — keeps about the same pace per robot
+step whatever the fleet size (the table reports learner steps per robot step, so the reader can check).
+Free-running simulated robots step far faster than real ones and leave this learner ~0.07 updates per robot
+step, so every fleet size is learner-bound (measured: the curves then coincide step for step).
 
 Online vs offline. The learner's own trainer (cloud_learner/offline_training.py) continues the same base
 policy on its demonstrations plus as many extra scripted demonstrations as the largest fleet collected
@@ -55,7 +57,7 @@ from sim.fleet_demo import (
 )
 from sim.fleet_processes import FleetProcesses, ManagedProcess
 from sim.fleet_report import read_episode_events, read_jsonl
-from sop.config import config_to_dict, parse_config
+from sop.config import config_from_dict, config_to_dict, parse_config
 from sop.training.bc import expand_list_flags
 
 log = logging.getLogger(__name__)
@@ -64,21 +66,26 @@ OFFLINE_DEMO_SEED = 500_000  # extra demonstrations: disjoint from base demos, r
 
 
 def _default_fleet() -> FleetDemoConfig:
-    return FleetDemoConfig(tasks=["reach-v3"], budget_s=900.0, eval_episodes=30, live=False)
+    return FleetDemoConfig(
+        tasks=["reach-v3"], budget_s=900.0, eval_episodes=30, robot_rate_hz=30.0, live=False
+    )
 
 
 @dataclass(frozen=True)
 class FleetBenchConfig:
     robots: list[int] = field(default_factory=lambda: [1, 2, 4], metadata={"help": "fleet sizes to run"})
     per_robot_steps: int = field(
-        default=6000, metadata={"help": "each run stops when the mean robot has taken this many env steps"}
+        default=5000, metadata={"help": "each run stops when the mean robot has taken this many env steps"}
     )
     eval_every_steps: int = field(
-        default=1000, metadata={"help": "per-robot env steps between evaluated checkpoint snapshots"}
+        default=500, metadata={"help": "per-robot env steps between evaluated checkpoint snapshots"}
     )
     target: float = field(default=0.8, metadata={"help": "held-out success the fleets race to"})
     eval_workers: int = field(default=2, metadata={"help": "parallel `sop sim eval` processes"})
     offline: bool = field(default=True, metadata={"help": "also run the offline arm (extra demonstrations)"})
+    report_only: bool = field(
+        default=False, metadata={"help": "only re-derive the report from out/results.json (no runs)"}
+    )
     out: str = field(default="", metadata={"help": "output folder; default runs/bench-fleet-<timestamp>"})
     results: str = field(
         default="benchmarks/results/fleet_scaling.md", metadata={"help": "markdown section; empty: none"}
@@ -236,11 +243,6 @@ class FleetSizeResult:
     online_wall_s: float
     exit_codes: dict[str, int | None]
 
-    def points(self, base_success: float) -> list[tuple[float, float]]:
-        return [(0.0, base_success)] + [
-            (s.per_robot_steps, s.success) for s in self.snapshots if s.success is not None
-        ]
-
 
 def run_fleet_size(
     config: FleetBenchConfig, robots: int, base: Path, demos: Path, out: Path, console: Console
@@ -364,11 +366,34 @@ def run_fleet_benchmark(config: FleetBenchConfig, console: Console | None = None
     results = summarize_benchmark(config, runs, base_success, largest, offline_checkpoint, success)
     results["wall_s"] = time.monotonic() - started
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot = plot_scaling(out / "fleet_scaling.png", config, runs, base_success, results)
+    return write_outputs(config, out, results, console)
+
+
+def write_outputs(
+    config: FleetBenchConfig, out: Path, results: dict[str, Any], console: Console
+) -> dict[str, Any]:
+    plot = plot_scaling(out / "fleet_scaling.png", results)
     if config.results:
         write_markdown(Path(config.results), config, results, plot)
-    console.print(markdown_tables(config, results))
+    console.print(markdown_tables(results))
     return results
+
+
+def report_again(config: FleetBenchConfig, console: Console | None = None) -> dict[str, Any]:
+    """Re-derive steps to target (e.g. for another `target`), the plot and the markdown from a finished
+    benchmark's `out/results.json` and `out/config.json`, without running anything."""
+    out = Path(config.out)
+    paths = [out / "results.json", out / "config.json"]
+    missing = [str(path) for path in paths if not path.is_file()]
+    if not config.out or missing:
+        raise FileNotFoundError(
+            f"report_only: {missing or 'out'} missing; give --out of a finished benchmark"
+        )
+    ran = config_from_dict(FleetBenchConfig, json.loads(paths[1].read_text()))
+    ran = dataclasses.replace(ran, target=config.target, results=config.results)
+    results = compare_fleet_sizes(json.loads(paths[0].read_text()), config.target)
+    paths[0].write_text(json.dumps(results, indent=2) + "\n")
+    return write_outputs(ran, out, results, console or Console())
 
 
 def summarize_benchmark(
@@ -381,12 +406,10 @@ def summarize_benchmark(
 ) -> dict[str, Any]:
     sizes: list[dict[str, Any]] = []
     for run in runs:
-        reached = steps_to_target(run.points(base_success), config.target)
         final = run.snapshots[-1]
         sizes.append(
             {
                 "robots": run.robots,
-                "steps_to_target": reached,
                 "final_success": final.success,
                 "final_per_robot_steps": final.per_robot_steps,
                 "episodes": run.episodes,
@@ -398,20 +421,12 @@ def summarize_benchmark(
                 "exit_codes": run.exit_codes,
             }
         )
-    one = next((s for s in sizes if s["robots"] == 1), None)
-    for size in sizes:
-        size["steps_vs_one_robot"] = (
-            size["steps_to_target"] / one["steps_to_target"]
-            if one is not None and one["steps_to_target"] and size["steps_to_target"] is not None
-            else None
-        )
     results: dict[str, Any] = {
         "tasks": list(config.fleet.tasks),
-        "target": config.target,
         "eval_episodes_per_task": config.fleet.eval_episodes,
         "base_success": base_success,
         "fleet_sizes": sizes,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
     }
     if offline_checkpoint is not None:
         final = largest.snapshots[-1]
@@ -422,28 +437,53 @@ def summarize_benchmark(
             "online_success": final.success,
             "offline_success": success[str(offline_checkpoint)],
         }
+    return compare_fleet_sizes(results, config.target)
+
+
+def curve_points(size: dict[str, Any], base_success: float) -> list[tuple[float, float]]:
+    """(per-robot steps, success) of one fleet size, starting from the base policy at 0 steps."""
+    return [(0.0, base_success)] + [
+        (float(p["per_robot_steps"]), float(p["success"])) for p in size["curve"] if p["success"] is not None
+    ]
+
+
+def compare_fleet_sizes(results: dict[str, Any], target: float) -> dict[str, Any]:
+    """Add each fleet size's steps to `target` and their ratio to one robot's (from the curves alone)."""
+    results["target"] = target
+    sizes = results["fleet_sizes"]
+    for size in sizes:
+        size["steps_to_target"] = steps_to_target(curve_points(size, results["base_success"]), target)
+    one = next((s for s in sizes if s["robots"] == 1), None)
+    for size in sizes:
+        # When one robot never reached the target within the budget its steps are only known to exceed its
+        # final step count, so the ratio is an upper bound ("<").
+        size["steps_vs_one_robot"] = None
+        size["steps_vs_one_robot_is_upper_bound"] = False
+        if one is None or size["steps_to_target"] is None:
+            continue
+        if one["steps_to_target"]:
+            size["steps_vs_one_robot"] = size["steps_to_target"] / one["steps_to_target"]
+        elif one["steps_to_target"] is None:
+            size["steps_vs_one_robot"] = size["steps_to_target"] / one["final_per_robot_steps"]
+            size["steps_vs_one_robot_is_upper_bound"] = True
     return results
 
 
 # Report ---------------------------------------------------------------------------------------------------
 
 
-def plot_scaling(
-    path: Path,
-    config: FleetBenchConfig,
-    runs: list[FleetSizeResult],
-    base_success: float,
-    results: dict[str, Any],
-) -> Path:
+def plot_scaling(path: Path, results: dict[str, Any]) -> Path:
+    """Success vs per-robot env steps, one line per fleet size, with the target and the offline arm."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6.4, 4.0))
-    for run in runs:
-        steps, success = zip(*run.points(base_success), strict=True)
-        axis.plot(steps, success, marker="o", label=f"{run.robots} robot{'s' if run.robots > 1 else ''}")
+    for size in results["fleet_sizes"]:
+        steps, success = zip(*curve_points(size, results["base_success"]), strict=True)
+        robots = size["robots"]
+        axis.plot(steps, success, marker="o", label=f"{robots} robot{'s' if robots > 1 else ''}")
     comparison = results.get("online_vs_offline")
     if comparison is not None:
         axis.axhline(
@@ -452,11 +492,11 @@ def plot_scaling(
             linestyle=":",
             label=f"offline: +{comparison['extra_episodes']} scripted demos",
         )
-    axis.axhline(config.target, color="black", linestyle="--", linewidth=0.8, label="target")
+    axis.axhline(results["target"], color="black", linestyle="--", linewidth=0.8, label="target")
     axis.set_xlabel("env steps per robot")
     axis.set_ylabel("held-out success")
     axis.set_ylim(-0.02, 1.02)
-    axis.set_title(f"Fleet scaling: {', '.join(config.fleet.tasks)}")
+    axis.set_title(f"Fleet scaling: {', '.join(results['tasks'])}")
     axis.legend(loc="lower right", fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -464,21 +504,19 @@ def plot_scaling(
     return path
 
 
-def _fmt(value: float | None, spec: str = ".0f") -> str:
-    return "not reached" if value is None else format(value, spec)
-
-
-def markdown_tables(config: FleetBenchConfig, results: dict[str, Any]) -> str:
+def markdown_tables(results: dict[str, Any]) -> str:
     lines = [
         "| robots | per-robot env steps to target | vs 1 robot | final success (steps/robot) | episodes | "
         "intervention frames | learner steps | learner steps per robot step |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for size in results["fleet_sizes"]:
-        ratio = size["steps_vs_one_robot"]
+        reached, ratio = size["steps_to_target"], size["steps_vs_one_robot"]
+        bound = "< " if size["steps_vs_one_robot_is_upper_bound"] else ""
         lines.append(
-            f"| {size['robots']} | {_fmt(size['steps_to_target'])} | "
-            f"{'-' if ratio is None else f'{ratio:.2f}x'} | "
+            f"| {size['robots']} | "
+            f"{f'not reached (> {size["final_per_robot_steps"]:.0f})' if reached is None else f'{reached:.0f}'} | "
+            f"{'-' if ratio is None else f'{bound}{ratio:.2f}x'} | "
             f"{size['final_success']:.2f} ({size['final_per_robot_steps']:.0f}) | {size['episodes']} | "
             f"{size['intervention_frames']} | {size['learner_steps']} | "
             f"{size['learner_steps_per_robot_step']:.3f} |"
@@ -498,25 +536,40 @@ def markdown_tables(config: FleetBenchConfig, results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def reproducing_command(config: FleetBenchConfig) -> str:
+    """`sop bench fleet` with the flags that set what this run changed from configs/bench_fleet.yaml."""
+    shipped = parse_config(FleetBenchConfig, [], default_config="bench_fleet.yaml")
+    flags = [f"--robots {','.join(str(n) for n in config.robots)}"]
+    for name in ("per_robot_steps", "eval_every_steps", "target", "offline"):
+        if getattr(config, name) != getattr(shipped, name):
+            flags.append(f"--{name} {str(getattr(config, name)).lower()}")
+    for name in ("tasks", "robot_rate_hz", "eval_episodes", "learner_lr"):
+        value, default = getattr(config.fleet, name), getattr(shipped.fleet, name)
+        if value != default:
+            flags.append(f"--fleet.{name} {','.join(value) if isinstance(value, list) else value}")
+    return "sop bench fleet " + " ".join(flags)
+
+
 def write_markdown(path: Path, config: FleetBenchConfig, results: dict[str, Any], plot: Path) -> None:
     """The BENCHMARKS.md section, with the command and the machine beside the figures."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    image = path.parent / "fleet_scaling.png"
+    image = path.with_suffix(".png")
     if plot.resolve() != image.resolve():
         shutil.copyfile(plot, image)
-    robots = ",".join(str(n) for n in config.robots)
-    text = f"""## Fleet scaling and online vs offline
+    fleet = config.fleet
+    pace = f"{fleet.robot_rate_hz:g} Hz robots" if fleet.robot_rate_hz > 0 else "free-running robots"
+    text = f"""## Fleet scaling and online vs offline ({pace})
 
-Command: `sop bench fleet --robots {robots} --per_robot_steps {config.per_robot_steps}` (configs/bench_fleet.yaml:
-{", ".join(config.fleet.tasks)}, base policy as in the demo, learner and robots as separate processes over gRPC,
-{config.fleet.sampler} sampling, simulated operators). Machine: {results["machine"]}, everything on the same cores.
+Command: `{reproducing_command(config)}` (configs/bench_fleet.yaml: {", ".join(fleet.tasks)}, base policy
+as in the quick demo, learner and robots as separate processes over gRPC, {pace}, {fleet.sampler} sampling,
+simulated operators). Machine: {results["machine"]}, learner and robots on the same cores.
 Every {config.eval_every_steps} per-robot env steps the newest checkpoint was snapshotted; each snapshot was
-evaluated afterwards on the same {config.fleet.eval_episodes} held-out seeded episodes per task (base policy:
-{results["base_success"]:.2f}). Target {config.target:.2f}. Wall time {results["wall_s"] / 60:.1f} min.
+evaluated afterwards on the same {results["eval_episodes_per_task"]} held-out seeded episodes per task (base policy:
+{results["base_success"]:.2f}). Target {results["target"]:.2f}. Wall time {results["wall_s"] / 60:.1f} min.
 
-{markdown_tables(config, results)}
+{markdown_tables(results)}
 
-![success vs per-robot env steps](fleet_scaling.png)
+![success vs per-robot env steps]({image.name})
 """
     path.write_text(text)
 
@@ -526,7 +579,10 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_config(FleetBenchConfig, args, default_config="bench_fleet.yaml")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        run_fleet_benchmark(config)
+        if config.report_only:
+            report_again(config)
+        else:
+            run_fleet_benchmark(config)
     except KeyboardInterrupt:
         return 130
     return 0

@@ -14,14 +14,17 @@ from sim.fleet_benchmark import (
     FleetSizeResult,
     Snapshot,
     SnapshotTaker,
+    markdown_tables,
     plot_scaling,
+    report_again,
+    reproducing_command,
     steps_to_target,
     summarize_benchmark,
     write_markdown,
 )
 from sim.fleet_demo import FleetView
 from sop.checkpoint import build_checkpoint, checkpoint_to_bytes
-from sop.config import ConfigError, parse_config
+from sop.config import ConfigError, config_to_dict, parse_config
 
 
 def test_the_shipped_config_parses_and_names_one_to_four_robots() -> None:
@@ -141,10 +144,68 @@ def test_report_gives_steps_to_target_relative_to_one_robot_and_the_offline_arm(
         "online_success": 0.95,
         "offline_success": 0.6,
     }
-    plot = plot_scaling(tmp_path / "plot.png", config, runs, 0.4, results)
+    plot = plot_scaling(tmp_path / "plot.png", results)
     write_markdown(Path(config.results), config, results, plot)
     text = Path(config.results).read_text()
-    assert "sop bench fleet --robots 1,4" in text and "CPU cores" in text
+    assert "`sop bench fleet --robots 1,4`" in text and "CPU cores" in text
     assert "| 4 | 1000 | 0.33x |" in text
     assert "40 extra scripted demonstrations | 310 | 0.60 |" in text
-    assert (tmp_path / "fleet_scaling.png").stat().st_size > 1000
+    assert (tmp_path / "fleet.png").stat().st_size > 1000
+
+
+def test_when_one_robot_never_reaches_the_target_the_ratio_is_an_upper_bound(tmp_path: Path) -> None:
+    config = parse_config(FleetBenchConfig, ["--robots", "[1,2]", "--offline", "false"])
+    runs = [_size(1, [(1000, 0.5), (2000, 0.7)], 200), _size(2, [(1000, 0.6), (2000, 0.8)], 200)]
+    results = summarize_benchmark(config, runs, 0.4, runs[-1], None, {})
+    one, two = results["fleet_sizes"]
+    assert one["steps_to_target"] is None and one["steps_vs_one_robot"] is None
+    assert two["steps_vs_one_robot"] == pytest.approx(1.0) and two["steps_vs_one_robot_is_upper_bound"]
+    results["wall_s"] = 60.0
+    table = markdown_tables(results)
+    assert "| 1 | not reached (> 2000) | - |" in table and "| 2 | 2000 | < 1.00x |" in table
+    assert "online_vs_offline" not in results and "offline" not in table
+
+
+def test_report_only_rederives_the_comparison_for_another_target(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    out.mkdir()
+    config = parse_config(FleetBenchConfig, ["--robots", "[1,4]", "--offline", "false", "--out", str(out)])
+    runs = [_size(1, [(1000, 0.5), (2000, 0.7)], 200), _size(4, [(1000, 0.7), (2000, 0.9)], 200)]
+    results = summarize_benchmark(config, runs, 0.4, runs[-1], None, {}) | {"wall_s": 60.0}
+    (out / "results.json").write_text(json.dumps(results))
+    (out / "config.json").write_text(json.dumps(config_to_dict(config)))
+
+    again = parse_config(
+        FleetBenchConfig,
+        ["--report_only", "true", "--out", str(out), "--target", "0.7", "--results", str(tmp_path / "f.md")],
+    )
+    rederived = report_again(again)
+    one, four = rederived["fleet_sizes"]
+    assert (one["steps_to_target"], four["steps_to_target"]) == (2000, 1000)
+    assert four["steps_vs_one_robot"] == pytest.approx(0.5)
+    assert json.loads((out / "results.json").read_text())["target"] == 0.7
+    assert "sop bench fleet --robots 1,4" in (tmp_path / "f.md").read_text()  # the command that ran
+    assert (out / "fleet_scaling.png").is_file()
+
+    with pytest.raises(FileNotFoundError, match=r"results\.json"):
+        report_again(parse_config(FleetBenchConfig, ["--out", str(tmp_path / "nothing-here")]))
+
+
+def test_the_reported_command_names_what_the_run_changed() -> None:
+    config = parse_config(
+        FleetBenchConfig,
+        [
+            "--robots",
+            "[1,4]",
+            "--per_robot_steps",
+            "3000",
+            "--offline",
+            "false",
+            "--fleet.robot_rate_hz",
+            "10",
+        ],
+        default_config="bench_fleet.yaml",
+    )
+    assert reproducing_command(config) == (
+        "sop bench fleet --robots 1,4 --per_robot_steps 3000 --offline false --fleet.robot_rate_hz 10.0"
+    )
