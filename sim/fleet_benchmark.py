@@ -62,6 +62,7 @@ from sop.training.bc import expand_list_flags
 
 log = logging.getLogger(__name__)
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 OFFLINE_DEMO_SEED = 500_000  # extra demonstrations: disjoint from base demos, robots and held-out seeds
 
 
@@ -392,6 +393,7 @@ def report_again(config: FleetBenchConfig, console: Console | None = None) -> di
     ran = config_from_dict(FleetBenchConfig, json.loads(paths[1].read_text()))
     ran = dataclasses.replace(ran, target=config.target, results=config.results)
     results = compare_fleet_sizes(json.loads(paths[0].read_text()), config.target)
+    results.setdefault("robot_rate_hz", ran.fleet.robot_rate_hz)
     paths[0].write_text(json.dumps(results, indent=2) + "\n")
     return write_outputs(ran, out, results, console or Console())
 
@@ -424,6 +426,7 @@ def summarize_benchmark(
     results: dict[str, Any] = {
         "tasks": list(config.fleet.tasks),
         "eval_episodes_per_task": config.fleet.eval_episodes,
+        "robot_rate_hz": config.fleet.robot_rate_hz,
         "base_success": base_success,
         "fleet_sizes": sizes,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
@@ -496,7 +499,9 @@ def plot_scaling(path: Path, results: dict[str, Any]) -> Path:
     axis.set_xlabel("env steps per robot")
     axis.set_ylabel("held-out success")
     axis.set_ylim(-0.02, 1.02)
-    axis.set_title(f"Fleet scaling: {', '.join(results['tasks'])}")
+    rate = results.get("robot_rate_hz", 0.0)
+    pace = f"{rate:g} Hz robots" if rate > 0 else "free-running robots"
+    axis.set_title(f"Fleet scaling: {', '.join(results['tasks'])}, {pace}")
     axis.legend(loc="lower right", fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -540,7 +545,7 @@ def reproducing_command(config: FleetBenchConfig) -> str:
     """`sop bench fleet` with the flags that set what this run changed from configs/bench_fleet.yaml."""
     shipped = parse_config(FleetBenchConfig, [], default_config="bench_fleet.yaml")
     flags = [f"--robots {','.join(str(n) for n in config.robots)}"]
-    for name in ("per_robot_steps", "eval_every_steps", "target", "offline"):
+    for name in ("per_robot_steps", "eval_every_steps", "target", "offline", "results"):
         if getattr(config, name) != getattr(shipped, name):
             flags.append(f"--{name} {str(getattr(config, name)).lower()}")
     for name in ("tasks", "robot_rate_hz", "eval_episodes", "learner_lr"):
@@ -558,7 +563,12 @@ def write_markdown(path: Path, config: FleetBenchConfig, results: dict[str, Any]
         shutil.copyfile(plot, image)
     fleet = config.fleet
     pace = f"{fleet.robot_rate_hz:g} Hz robots" if fleet.robot_rate_hz > 0 else "free-running robots"
-    text = f"""## Fleet scaling and online vs offline ({pace})
+    title = "Fleet scaling and online vs offline" if "online_vs_offline" in results else "Fleet scaling"
+    sizes = ", ".join(str(n) for n in sorted(config.robots))
+    at = f"at {fleet.robot_rate_hz:g} Hz" if fleet.robot_rate_hz > 0 else "free-running"
+    # BENCHMARKS.md (the repository root) embeds this section: link the plot from there.
+    link = os.path.relpath(image.resolve(), REPO_ROOT)
+    text = f"""## {title}: {sizes} robot{"s" if config.robots != [1] else ""} {at}
 
 Command: `{reproducing_command(config)}` (configs/bench_fleet.yaml: {", ".join(fleet.tasks)}, base policy
 as in the quick demo, learner and robots as separate processes over gRPC, {pace}, {fleet.sampler} sampling,
@@ -569,7 +579,7 @@ evaluated afterwards on the same {results["eval_episodes_per_task"]} held-out se
 
 {markdown_tables(results)}
 
-![success vs per-robot env steps]({image.name})
+![success vs per-robot env steps]({link})
 """
     path.write_text(text)
 

@@ -147,7 +147,7 @@ def test_report_gives_steps_to_target_relative_to_one_robot_and_the_offline_arm(
     plot = plot_scaling(tmp_path / "plot.png", results)
     write_markdown(Path(config.results), config, results, plot)
     text = Path(config.results).read_text()
-    assert "`sop bench fleet --robots 1,4`" in text and "CPU cores" in text
+    assert f"`sop bench fleet --robots 1,4 --results {config.results}`" in text and "CPU cores" in text
     assert "| 4 | 1000 | 0.33x |" in text
     assert "40 extra scripted demonstrations | 310 | 0.60 |" in text
     assert (tmp_path / "fleet.png").stat().st_size > 1000
