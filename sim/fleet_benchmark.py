@@ -40,7 +40,6 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +49,14 @@ from sim.fleet_demo import (
     EVAL_SEED_OFFSET,
     FleetDemoConfig,
     FleetView,
-    latest_published,
     learner_training_args,
+    open_run_dir,
     prepare_base_policy,
     run_online_phase,
 )
 from sim.fleet_processes import FleetProcesses, ManagedProcess
 from sim.fleet_report import read_episode_events, read_jsonl
-from sop.config import config_from_dict, config_to_dict, parse_config
+from sop.config import config_from_dict, parse_config
 from sop.training.bc import expand_list_flags
 
 log = logging.getLogger(__name__)
@@ -294,6 +293,7 @@ def run_offline_arm(
 ) -> Path:
     """Extra scripted demonstrations (as many per task as the fleet's online episodes), then the learner's
     trainer from the base policy for `learner_steps`; returns the final checkpoint written to a file."""
+    from cloud_learner.checkpoint_store import CheckpointStore
     from cloud_learner.config import LearnerConfig
     from cloud_learner.offline_training import train_offline
     from sim.demonstrations import record_demonstrations
@@ -325,10 +325,8 @@ def run_offline_arm(
         learner_training_args(fleet, folder / "learner", base, [demos, folder / "extra_demos"]),
     )
     record = train_offline(learner, learner_steps)
-    blob, version = latest_published(folder)
-    assert blob is not None and version == record.version
-    path = folder / f"offline-v{version:06d}.safetensors"
-    path.write_bytes(blob)
+    path = folder / f"offline-v{record.version:06d}.safetensors"
+    path.write_bytes(CheckpointStore(learner.checkpoint_dir).read_blob(record.version))
     return path
 
 
@@ -338,9 +336,7 @@ def run_offline_arm(
 def run_fleet_benchmark(config: FleetBenchConfig, console: Console | None = None) -> dict[str, Any]:
     console = console or Console()
     started = time.monotonic()
-    out = Path(config.out or f"runs/bench-fleet-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
+    out = open_run_dir(config.out, "runs/bench-fleet-", config)
     base, demos = prepare_base_policy(config.fleet, console)
 
     runs = [run_fleet_size(config, n, base, demos, out, console) for n in sorted(config.robots)]
@@ -364,7 +360,7 @@ def run_fleet_benchmark(config: FleetBenchConfig, console: Console | None = None
         for snapshot in run.snapshots:
             snapshot.success = success[snapshot.path]
 
-    results = summarize_benchmark(config, runs, base_success, largest, offline_checkpoint, success)
+    results = summarize_benchmark(config, runs, base_success, offline_checkpoint, success)
     results["wall_s"] = time.monotonic() - started
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return write_outputs(config, out, results, console)
@@ -402,7 +398,6 @@ def summarize_benchmark(
     config: FleetBenchConfig,
     runs: list[FleetSizeResult],
     base_success: float,
-    largest: FleetSizeResult,
     offline_checkpoint: Path | None,
     success: dict[str, float],
 ) -> dict[str, Any]:
@@ -431,7 +426,10 @@ def summarize_benchmark(
         "fleet_sizes": sizes,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
     }
-    if offline_checkpoint is not None:
+    if (
+        offline_checkpoint is not None
+    ):  # trained on as many extra demonstrations as the largest fleet's episodes
+        largest = max(runs, key=lambda run: run.robots)
         final = largest.snapshots[-1]
         results["online_vs_offline"] = {
             "robots": largest.robots,

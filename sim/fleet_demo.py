@@ -471,13 +471,19 @@ def run_online_phase(
     return OnlinePhase(started_at, codes, interrupted, view)
 
 
+def open_run_dir(out: str, default_prefix: str, config: Any) -> Path:
+    """The run folder (`out`, or `<default_prefix><timestamp>`), created, with the run's config.json in it."""
+    run_dir = Path(out or f"{default_prefix}{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
+    return run_dir
+
+
 def run_fleet_demo(config: FleetDemoConfig, console: Console | None = None) -> dict[str, Any]:
     """Run the whole demo; returns the summary written to `summary.json`."""
     console = console or Console()
     wall_start = time.monotonic()
-    run_dir = Path(config.out or f"runs/{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
+    run_dir = open_run_dir(config.out, "runs/", config)
     console.print(f"[bold]SOP fleet demo[/bold] → {run_dir}")
 
     base_checkpoint, demos = prepare_base_policy(config, console)

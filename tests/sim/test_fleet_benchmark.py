@@ -132,7 +132,7 @@ def test_report_gives_steps_to_target_relative_to_one_robot_and_the_offline_arm(
         _size(4, [(1000, 0.82), (2000, 0.9), (3000, 0.95)], 310),
     ]
     offline = tmp_path / "offline.safetensors"
-    results = summarize_benchmark(config, runs, 0.4, runs[-1], offline, {str(offline): 0.6})
+    results = summarize_benchmark(config, runs, 0.4, offline, {str(offline): 0.6})
     results["wall_s"] = 600.0
     one, four = results["fleet_sizes"]
     assert (one["steps_to_target"], four["steps_to_target"]) == (3000, 1000)
@@ -156,7 +156,7 @@ def test_report_gives_steps_to_target_relative_to_one_robot_and_the_offline_arm(
 def test_when_one_robot_never_reaches_the_target_the_ratio_is_an_upper_bound(tmp_path: Path) -> None:
     config = parse_config(FleetBenchConfig, ["--robots", "[1,2]", "--offline", "false"])
     runs = [_size(1, [(1000, 0.5), (2000, 0.7)], 200), _size(2, [(1000, 0.6), (2000, 0.8)], 200)]
-    results = summarize_benchmark(config, runs, 0.4, runs[-1], None, {})
+    results = summarize_benchmark(config, runs, 0.4, None, {})
     one, two = results["fleet_sizes"]
     assert one["steps_to_target"] is None and one["steps_vs_one_robot"] is None
     assert two["steps_vs_one_robot"] == pytest.approx(1.0) and two["steps_vs_one_robot_is_upper_bound"]
@@ -171,7 +171,7 @@ def test_report_only_rederives_the_comparison_for_another_target(tmp_path: Path)
     out.mkdir()
     config = parse_config(FleetBenchConfig, ["--robots", "[1,4]", "--offline", "false", "--out", str(out)])
     runs = [_size(1, [(1000, 0.5), (2000, 0.7)], 200), _size(4, [(1000, 0.7), (2000, 0.9)], 200)]
-    results = summarize_benchmark(config, runs, 0.4, runs[-1], None, {}) | {"wall_s": 60.0}
+    results = summarize_benchmark(config, runs, 0.4, None, {}) | {"wall_s": 60.0}
     (out / "results.json").write_text(json.dumps(results))
     (out / "config.json").write_text(json.dumps(config_to_dict(config)))
 
