@@ -244,6 +244,7 @@ class Ingest:
         self.on_commit = on_commit
         self.counters = IngestCounters()
         self._slots = threading.BoundedSemaphore(config.max_pending_uploads)
+        self._uploads_in_progress = 0
         self._pending_bytes = 0
         self._bytes_lock = threading.Lock()
         self._commits: queue.Queue[tuple[Episode, concurrent.futures.Future[CommitResult]] | None] = (
@@ -331,6 +332,8 @@ class Ingest:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the learner is ingesting {self.config.max_pending_uploads} uploads already; back off and retry",
             )
+        with self._bytes_lock:
+            self._uploads_in_progress += 1
         try:
             return self._receive(robot_id, chunks, on_received)
         except IngestError as exc:
@@ -338,7 +341,21 @@ class Ingest:
                 self.counters.add(refused=1)
             raise
         finally:
+            with self._bytes_lock:
+                self._uploads_in_progress -= 1
             self._slots.release()
+
+    @property
+    def uploads_in_progress(self) -> int:
+        """Upload streams admitted and not yet finished (at most `ingest.max_pending_uploads`)."""
+        with self._bytes_lock:
+            return self._uploads_in_progress
+
+    @property
+    def pending_bytes(self) -> int:
+        """Announced sizes of the uploads in progress (within `ingest.max_pending_bytes` unless one upload alone is larger)."""
+        with self._bytes_lock:
+            return self._pending_bytes
 
     def _receive(
         self,

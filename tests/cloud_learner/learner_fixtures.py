@@ -6,6 +6,7 @@ A uniquely named module (not conftest.py) so test files can import the helpers b
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -120,6 +121,15 @@ def upload(
         iter(chunks), metadata=auth(robot_id), timeout=timeout
     )
     return receipt
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll `condition` until it holds; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
 
 
 class HeldStream:

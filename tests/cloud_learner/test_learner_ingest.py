@@ -8,7 +8,7 @@ from collections.abc import Callable
 import grpc
 import numpy as np
 import pytest
-from learner_fixtures import HeldStream, RunningLearner, auth, chunks_of, upload
+from learner_fixtures import HeldStream, RunningLearner, auth, chunks_of, upload, wait_for
 
 from cloud_learner.config import IngestConfig
 from sop.credentials import call_metadata
@@ -213,7 +213,7 @@ def test_full_ingest_queue_answers_resource_exhausted(start_learner: StartLearne
     held_episode = make_episode(40, seed=16)
     held = HeldStream(chunks_of(held_episode, 1024)[:2])
     future = stub.UploadEpisode.future(iter(held), metadata=auth(), timeout=20)
-    assert held.sent.wait(5)
+    wait_for(lambda: learner.service.ingest.uploads_in_progress == 1)  # the learner admitted it
     with pytest.raises(grpc.RpcError) as error:
         upload(stub, chunks_of(make_episode(20, seed=17)))
     assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -232,7 +232,7 @@ def test_uploads_beyond_the_pending_byte_budget_are_shed(start_learner: StartLea
     assert first[0].total_bytes + second[0].total_bytes > 48 * 1024
     held = HeldStream(first[:1])
     future = stub.UploadEpisode.future(iter(held), metadata=auth(), timeout=20)
-    assert held.sent.wait(5)
+    wait_for(lambda: learner.service.ingest.pending_bytes == first[0].total_bytes)  # reserved by the learner
     with pytest.raises(grpc.RpcError) as error:
         upload(stub, second)
     assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -248,7 +248,7 @@ def test_a_silent_uploader_does_not_block_others_and_is_cut(start_learner: Start
     silent_episode = make_episode(40, seed=19)
     silent = HeldStream(chunks_of(silent_episode, 1024)[:2])
     future = stub.UploadEpisode.future(iter(silent), metadata=auth("robot-2"), timeout=30)
-    assert silent.sent.wait(5)
+    wait_for(lambda: learner.service.ingest.uploads_in_progress == 1)  # the silent stream holds a slot
     for seed in range(20, 25):
         assert upload(stub, chunks_of(make_episode(20, seed=seed)), timeout=5).committed
     # The watchdog cancels the silent stream after the idle timeout (1.5 s here) and keeps its chunks.

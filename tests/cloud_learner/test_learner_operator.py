@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import grpc
 import numpy as np
 import pytest
-from learner_fixtures import RunningLearner, auth
+from learner_fixtures import RunningLearner, auth, wait_for
 
 from sop.data.codec import decode_tensor
 from sop.v1 import operator_pb2
@@ -47,14 +47,6 @@ class RobotSession:
     def close(self) -> None:
         self.outgoing.put(None)
         self.call.cancel()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def test_console_commands_reach_the_robot_and_telemetry_reaches_the_console(
