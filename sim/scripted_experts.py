@@ -9,6 +9,13 @@ on a peg that it has already grasped when the peg rests 25-26 mm below the hand'
 and it steers the hand (not the peg, which hangs ~3 cm lower) to the hole's height, so the peg can stop
 just outside the 3 cm alignment radius. `CorrectedPegInsertionSidePolicy` treats a closed gripper at the
 peg's height as a grasp and steers the peg itself; it solves 200 of 200 seeded layouts in 200 steps.
+
+Meta-World's push expert only works from states it produces itself. It lowers the open hand over the
+puck and closes the fingers on the way down; if a policy closed the fingers before the operator took
+over, the closed fingers rest on top of the puck, the hand stays 6 cm up, and the expert keeps pressing
+down with the gripper closed until the episode ends (85 of the 89 push episodes of one fleet demo run
+ended so, the operator driving). `CorrectedPushPolicy` notices closed fingers above the puck, lifts the hand and opens them,
+then hands on to the stock expert.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from metaworld.policies import (
     SawyerWindowCloseV3Policy,
     SawyerWindowOpenV3Policy,
 )
-from metaworld.policies.policy import Policy
+from metaworld.policies.policy import Policy, move
 
 from sim.metaworld_env import ACTION_DIM, STATE_DIM
 from sim.tasks import get_task
@@ -65,9 +72,44 @@ class CorrectedPegInsertionSidePolicy(SawyerPegInsertionSideV3Policy):
         return pos_hole + hand_from_peg
 
 
+# Gripper opening below which the fingers have closed: the push expert descends with the opening >= 0.78.
+_PUSH_FINGERS_CLOSED: Final = 0.6
+# Gripper opening of fingers opened again (they rest at 1.0).
+_PUSH_FINGERS_OPEN: Final = 0.95
+# Height above the puck at which the push expert's descent starts closing the fingers (its 0.10) + margin.
+_PUSH_REOPEN_HEIGHT: Final = 0.12
+
+
+class CorrectedPushPolicy(SawyerPushV3Policy):
+    """Meta-World's push expert that first reopens fingers a policy closed above the puck (module doc).
+
+    Reopening is latched: once the fingers are found closed above the puck, the hand rises above the
+    height where the stock expert starts closing them and opens them fully before the stock expert
+    descends again (without the latch the two would alternate at the threshold). The latch clears itself
+    once the hand is open and high, or no longer over the puck, so one instance serves many episodes.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._reopening = False
+
+    def get_action(self, obs: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+        hand, opening, puck = obs[:3], float(obs[3]), obs[4:7]
+        above_puck = bool(np.linalg.norm(hand[:2] - puck[:2] - np.array([-0.005, 0.0])) <= 0.02)
+        height = float(hand[2] - puck[2])
+        if above_puck and height > 0.04 and opening < _PUSH_FINGERS_CLOSED:
+            self._reopening = True
+        if not above_puck or (opening >= _PUSH_FINGERS_OPEN and height >= _PUSH_REOPEN_HEIGHT - 0.01):
+            self._reopening = False
+        if self._reopening:
+            delta = move(hand, to_xyz=puck + np.array([0.0, 0.0, _PUSH_REOPEN_HEIGHT]), p=10.0)
+            return np.append(np.clip(delta, -1.0, 1.0), -1.0).astype(np.float32)
+        return super().get_action(obs)
+
+
 EXPERT_POLICIES: Final[dict[str, type[Policy]]] = {
     "reach-v3": SawyerReachV3Policy,
-    "push-v3": SawyerPushV3Policy,
+    "push-v3": CorrectedPushPolicy,
     "pick-place-v3": SawyerPickPlaceV3Policy,
     "door-open-v3": SawyerDoorOpenV3Policy,
     "drawer-open-v3": SawyerDrawerOpenV3Policy,
