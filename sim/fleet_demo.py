@@ -84,7 +84,10 @@ class FleetDemoConfig:
     eval_episodes: int = field(
         default=20, metadata={"help": "held-out seeded episodes per task, base and final"}
     )
-    robot_rate_hz: float = field(default=0.0, metadata={"help": "control rate; 0: free-running simulation"})
+    robot_rate_hz: float = field(
+        default=30.0,
+        metadata={"help": "robots' control rate in Hz, as real arms run; 0: free-running simulation"},
+    )
     max_episode_steps: int = 150
     sampler: SamplerKind = field(
         default=SamplerKind.RTI,
