@@ -353,7 +353,7 @@ class Ingest:
 
     @property
     def pending_bytes(self) -> int:
-        """Announced sizes of the uploads in progress (within `ingest.max_pending_bytes` unless one upload alone is larger)."""
+        """Announced sizes of the uploads in progress: within `ingest.max_pending_bytes`, or one upload's."""
         with self._bytes_lock:
             return self._pending_bytes
 

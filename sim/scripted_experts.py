@@ -14,8 +14,8 @@ Meta-World's push expert only works from states it produces itself. It lowers th
 puck and closes the fingers on the way down; if a policy closed the fingers before the operator took
 over, the closed fingers rest on top of the puck, the hand stays 6 cm up, and the expert keeps pressing
 down with the gripper closed until the episode ends (85 of the 89 push episodes of one fleet demo run
-ended so, the operator driving). `CorrectedPushPolicy` notices closed fingers above the puck, lifts the hand and opens them,
-then hands on to the stock expert.
+ended so, the operator driving). `CorrectedPushPolicy` notices closed fingers above the puck, lifts the
+hand and opens them, then hands on to the stock expert.
 """
 
 from __future__ import annotations
