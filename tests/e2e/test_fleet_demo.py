@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from sop_subprocess import run_sop
 
 
 def _processes_mentioning(text: str) -> list[str]:
@@ -19,26 +19,16 @@ def _processes_mentioning(text: str) -> list[str]:
 @pytest.mark.timeout(900)
 def test_quick_demo_improves_the_fleet_and_leaves_nothing_behind(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sop.cli",
-            "demo",
-            "--quick",
-            "--out",
-            str(run_dir),
-            "--live",
-            "false",
-            "--base.cache_dir",
-            str(tmp_path / "cache"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=850,
-        check=False,
+    run_sop(
+        "demo",
+        "--quick",
+        "--out",
+        str(run_dir),
+        "--live",
+        "false",
+        "--base.cache_dir",
+        str(tmp_path / "cache"),
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
 
     # The learner committed episodes from every robot (read its replay store, not the robots' own logs).

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from sop_subprocess import run_sop
 
 from sop.data.episode_store import EpisodeStore
 
@@ -16,36 +15,26 @@ from sop.data.episode_store import EpisodeStore
 @pytest.mark.timeout(900)
 def test_fleet_benchmark_runs_each_fleet_size_and_the_offline_arm(tmp_path: Path) -> None:
     out = tmp_path / "bench"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sop.cli",
-            "bench",
-            "fleet",
-            "--robots",
-            "1,2",
-            "--per_robot_steps",
-            "400",
-            "--eval_every_steps",
-            "200",
-            "--out",
-            str(out),
-            "--results",
-            str(tmp_path / "fleet_scaling.md"),
-            "--fleet.eval_episodes",
-            "2",
-            "--fleet.base.bc_steps",
-            "100",
-            "--fleet.base.cache_dir",
-            str(tmp_path / "cache"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=850,
-        check=False,
+    run_sop(
+        "bench",
+        "fleet",
+        "--robots",
+        "1,2",
+        "--per_robot_steps",
+        "400",
+        "--eval_every_steps",
+        "200",
+        "--out",
+        str(out),
+        "--results",
+        str(tmp_path / "fleet_scaling.md"),
+        "--fleet.eval_episodes",
+        "2",
+        "--fleet.base.bc_steps",
+        "100",
+        "--fleet.base.cache_dir",
+        str(tmp_path / "cache"),
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
 
     sizes = {size["robots"]: size for size in results["fleet_sizes"]}
