@@ -426,9 +426,8 @@ def summarize_benchmark(
         "fleet_sizes": sizes,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
     }
-    if (
-        offline_checkpoint is not None
-    ):  # trained on as many extra demonstrations as the largest fleet's episodes
+    # The offline arm trained on as many extra demonstrations as the largest fleet collected episodes.
+    if offline_checkpoint is not None:
         largest = max(runs, key=lambda run: run.robots)
         final = largest.snapshots[-1]
         results["online_vs_offline"] = {
