@@ -14,6 +14,12 @@ Sampling (what SOP does, PAPERS.md):
   `initial_online_share`. A task with no trainable online frames yet samples offline only.
 - Which online frames are trainable is the algorithm's call (`SamplerSettings`): HG-DAgger keeps only the
   frames under intervention (the operator's labels) and drops autonomous ones (weight 0).
+
+One episode never stops training: an episode the trained policy cannot use (its `PolicyFeatures`: a state
+or action of another size, a camera it reads missing, a task its task embedding does not know) or whose
+arrays do not read is moved to `replay/quarantine/` with the reason, counted and logged, and the trainer
+goes on with the rest; so does a learner started on a run directory that already holds such episodes. The
+check needs only the episode's metadata (`EpisodeInfo.stand_in_episode`), not its arrays.
 """
 
 from __future__ import annotations
@@ -30,9 +36,11 @@ import numpy as np
 
 from cloud_learner.algorithms.base import SamplerSettings
 from cloud_learner.config import LearnerConfig, ReplayConfig
-from sop.data.episode_store import EpisodeStore
-from sop.data.window_sampler import WindowSampler
-from sop.episode import Source
+from sop.data.episode_store import EpisodeInfo, EpisodeStore
+from sop.data.window_sampler import NoSampleableFramesError, WindowSampler
+from sop.episode import EpisodeError, Source
+from sop.policy_features import PolicyFeatures
+from sop.safe_logging import client_str
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +57,17 @@ def import_offline_stores(store: EpisodeStore, roots: Iterable[str | Path]) -> i
         for info in source.list():
             if info.episode_id in store:
                 continue
-            episode = source.get(info.episode_id)
+            try:
+                episode = source.get(info.episode_id)
+                episode.validate()
+            except (EpisodeError, OSError, RuntimeError, KeyError) as exc:  # damaged: the others still count
+                logger.warning(
+                    "offline store %s: episode %s not imported, it does not read: %s",
+                    root,
+                    info.episode_id,
+                    client_str(exc, 400),
+                )
+                continue
             if episode.source != Source.OFFLINE:
                 logger.warning(
                     "offline store %s holds %s episode %s; imported with its source unchanged",
@@ -135,8 +153,11 @@ class Replay:
         observation_horizon: int,
         action_horizon: int,
         cameras: Sequence[str] = (),
+        features: PolicyFeatures | None = None,
     ) -> None:
         self.config = config
+        self.store = store
+        self.features = features
         self.sampler = WindowSampler(
             store,
             observation_horizon,
@@ -144,9 +165,21 @@ class Replay:
             tasks=config.tasks or None,
             autonomous_frame_weight=settings.autonomous_frame_weight,
             image_keys=list(cameras),
+            episode_check=self._check_features if features is not None else None,
+            on_unusable="quarantine",
         )
         self.mixer = LossMixer(config)
         self._apply_shares()
+
+    def _check_features(self, info: EpisodeInfo) -> None:
+        """`FeatureMismatchError` (a ValueError) for an episode the trained policy cannot use."""
+        assert self.features is not None
+        self.features.check_episode(info.stand_in_episode())
+
+    @property
+    def num_quarantined(self) -> int:
+        """Episodes this replay moved to quarantine/ as unusable for training (since it was built)."""
+        return self.sampler.num_quarantined
 
     def refresh(self) -> int:
         """Index episodes committed since the last call (called by the trainer between steps)."""
@@ -159,7 +192,10 @@ class Replay:
         """A batch of windows, or None while the store holds nothing trainable."""
         if self.sampler.num_frames() == 0:
             return None
-        return self.sampler.sample(batch_size, rng)
+        try:
+            return self.sampler.sample(batch_size, rng)
+        except NoSampleableFramesError:  # the last trainable episode was just dropped as unreadable
+            return None
 
     def record_losses(self, batch: Mapping[str, Any], losses: np.ndarray) -> None:
         """Feed one step's per-sample losses to the mixer and update every task's online share."""

@@ -18,6 +18,12 @@ Logged every `trainer.log_every_steps` to TensorBoard (`run_dir/tensorboard`), t
 many versions the policy that produced an online sample lags the newest one: mean and max), samples/s and
 replay size. Each publication adds a `train.jsonl` line with `published_version` (the fleet report reads
 `step`, `loss`, `time` and `published_version`).
+
+One episode never stops the trainer: the replay checks every episode against the features of the policy
+being trained (read from its checkpoint manifest) and moves one that does not fit, or does not read, to
+`replay/quarantine/` (see `cloud_learner/replay.py`). Each time that happens a `train.jsonl` line says so
+(`quarantined_episodes`: the total so far in this process, `newly_quarantined`: ids and reasons), a warning
+is logged, and the count is logged as `replay/quarantined_episodes` with the other scalars.
 """
 
 from __future__ import annotations
@@ -42,11 +48,17 @@ from sop.data.episode_store import EpisodeStore
 from sop.episode import POLICY_VERSION, Episode, Source
 from sop.policies import policy_from_checkpoint
 from sop.policies.modeling_diffusion import DiffusionPolicy
+from sop.policy_features import PolicyFeatures
+from sop.safe_logging import RateLimitedLog, client_str
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
 logger = logging.getLogger(__name__)
+throttled_log = RateLimitedLog(logger, interval_s=10.0)
+
+# At most this many quarantined episodes are named (with their reasons) in one train.jsonl line.
+MAX_QUARANTINED_PER_LOG_LINE = 20
 
 
 class TrainerError(ValueError):
@@ -82,6 +94,8 @@ class Trainer:
         self.policy: DiffusionPolicy | None = None
         self.algorithm: Algorithm | None = None
         self.replay: Replay | None = None
+        self.features: PolicyFeatures | None = None
+        self._quarantined_reported = 0  # of replay.num_quarantined, already written to train.jsonl
         self.last_metrics: dict[str, float] = {}
         self.samples_trained = 0
         self._new_data = threading.Event()
@@ -103,15 +117,15 @@ class Trainer:
             )
         blob = self.publisher.prepared(latest.version).blob
         device = torch.device(self.config.trainer.device)
-        policy = policy_from_checkpoint(
-            checkpoint_from_bytes(blob, latest.sha256, source=f"v{latest.version}"), device=device
-        )
+        checkpoint = checkpoint_from_bytes(blob, latest.sha256, source=f"v{latest.version}")
+        policy = policy_from_checkpoint(checkpoint, device=device)
         if not isinstance(policy, DiffusionPolicy):
             raise TrainerError(
                 f"checkpoint v{latest.version} holds a {policy.policy_type!r} policy; the learner trains SOP's "
                 "diffusion policy (policy_type 'diffusion')"
             )
         self.policy = policy
+        self.features = PolicyFeatures.from_policy_config(checkpoint.manifest.policy_config)
         self.algorithm = self.config.algorithm.build(self.policy)
         state = self.checkpoints.read_trainer_state(latest.version)
         if state is not None:
@@ -124,7 +138,9 @@ class Trainer:
             observation_horizon=self.policy.config.observation_horizon,
             action_horizon=self.policy.config.prediction_horizon,
             cameras=self.policy.config.cameras,
+            features=self.features,
         )
+        self._report_quarantined()
         logger.info(
             "trainer starts from v%d at step %d (%s)", latest.version, self.step, self.config.algorithm.type
         )
@@ -181,6 +197,7 @@ class Trainer:
                 self._new_data.clear()
                 self.replay.refresh()
             batch = self.replay.sample(trainer_config.batch_size, rng)
+            self._report_quarantined()  # by the refresh, or by the sample (an image that no longer reads)
             if batch is None:
                 (stop or threading.Event()).wait(trainer_config.idle_sleep_s)
                 continue
@@ -200,6 +217,39 @@ class Trainer:
         return ran
 
     # ---- publication and logs ----------------------------------------------------------------------------
+
+    @property
+    def quarantined_episodes(self) -> int:
+        """Episodes moved to replay/quarantine/ by this learner process (unreadable, or unusable for the
+        policy); the store object is the one ingest commits into, so this counts both kinds."""
+        return self.store.num_quarantined
+
+    def _report_quarantined(self) -> None:
+        """One train.jsonl line and a warning when the replay quarantined episodes since the last report."""
+        assert self.replay is not None
+        total = self.replay.num_quarantined
+        new = total - self._quarantined_reported
+        if new <= 0:
+            return
+        self._quarantined_reported = total
+        named = self.replay.sampler.recently_quarantined[-min(new, MAX_QUARANTINED_PER_LOG_LINE) :]
+        self._append_train_log(
+            {
+                "step": self.step,
+                "quarantined_episodes": self.quarantined_episodes,
+                "newly_quarantined": [
+                    {"episode_id": episode_id, "reason": reason[:400]} for episode_id, reason in named
+                ],
+            }
+        )
+        throttled_log.warning(
+            "quarantined",
+            "trainer: %d episode(s) the policy cannot train on moved to replay/quarantine/ (e.g. %s: %s); "
+            "training goes on without them",
+            new,
+            named[-1][0] if named else "?",
+            client_str(named[-1][1] if named else "", 300),
+        )
 
     def publish(self, metrics: Mapping[str, float] | None = None) -> CheckpointRecord:
         """Store the current weights as the next version and announce it to every robot."""
@@ -244,6 +294,7 @@ class Trainer:
                 "staleness/max_versions": lag_max,
                 "throughput/samples_per_s": samples_per_s,
                 "replay/episodes": float(len(self.store)),
+                "replay/quarantined_episodes": float(self.quarantined_episodes),
                 "policy/version": float(current),
             }
         )

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Final
 
 import numpy as np
+
+from sop.safe_logging import client_str
 
 # Per-step keys every episode carries. Images are optional and named `observation.images.<camera>`.
 STATE: Final = "observation.state"
@@ -46,6 +49,13 @@ MAX_STATE_DIM: Final = 4096
 MAX_ACTION_DIM: Final = 256
 MAX_IMAGE_SIDE: Final = 1024
 MAX_CAMERAS: Final = 8
+# `extra` is free-form text kept in the episode's metadata (never a path or a key): bounded, strings only.
+MAX_EXTRA_ENTRIES: Final = 256
+MAX_EXTRA_CHARS: Final = 65_536
+
+# A camera name becomes a directory name in the episode store and a key in the policy, so it is held to a
+# whitelist: no separators, no dots (no `..`), nothing a filesystem or a log line treats specially.
+CAMERA_NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class Outcome(enum.StrEnum):
@@ -71,6 +81,60 @@ class EpisodeError(ValueError):
         super().__init__(f"{field_name}: {reason}")
         self.field_name = field_name
         self.reason = reason
+
+
+def check_episode_id(episode_id: object) -> str:
+    """Return `episode_id` if it is a UUID in canonical form (lowercase, hyphenated), else `EpisodeError`.
+
+    The id names the episode's directory in every store, so only the 36-character canonical spelling
+    `new_episode_id` produces is accepted: `uuid.UUID` alone also takes braces, `urn:uuid:` and upper case.
+    """
+    try:
+        canonical = str(uuid.UUID(episode_id))  # type: ignore[arg-type]
+    except (ValueError, AttributeError, TypeError):
+        raise EpisodeError("episode_id", f"{client_str(episode_id)} is not a UUID") from None
+    if canonical != episode_id:
+        raise EpisodeError(
+            "episode_id", f"{client_str(episode_id)} is not a UUID in canonical form (use {canonical!r})"
+        )
+    return canonical
+
+
+def check_step_key(key: object) -> str:
+    """Return `key` if it is a per-step key of the schema, else `EpisodeError` naming it (quoted, cut).
+
+    A key becomes an array directory in the episode store, so this is the whitelist every path is built
+    from: the fixed keys, or `observation.images.<camera>` with a camera name of `CAMERA_NAME_PATTERN`.
+    """
+    if not isinstance(key, str):
+        raise EpisodeError(client_str(key), f"step key must be a string, got {type(key).__name__}")
+    if key in STEP_DTYPES:
+        return key
+    if key.startswith(IMAGE_PREFIX):
+        camera = key.removeprefix(IMAGE_PREFIX)
+        if CAMERA_NAME_PATTERN.fullmatch(camera) is None:
+            raise EpisodeError(
+                client_str(key),
+                "camera name must be 1-64 characters of letters, digits, '_' or '-' (e.g. 'top', 'wrist_1')",
+            )
+        return key
+    raise EpisodeError(client_str(key), "is not a key of the episode schema")
+
+
+def check_extra(extra: object) -> dict[str, str]:
+    """Return `extra` as a dict if it maps strings to strings within the caps, else `EpisodeError`."""
+    if not isinstance(extra, dict):
+        raise EpisodeError("extra", f"must be a mapping of strings, got {type(extra).__name__}")
+    if len(extra) > MAX_EXTRA_ENTRIES:
+        raise EpisodeError("extra", f"{len(extra)} entries exceed the cap of {MAX_EXTRA_ENTRIES}")
+    for key, value in extra.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise EpisodeError(f"extra.{client_str(key, 64)}", "keys and values must be strings")
+        if len(key) + len(value) > MAX_EXTRA_CHARS:
+            raise EpisodeError(
+                f"extra.{client_str(key, 64)}", f"entry is longer than {MAX_EXTRA_CHARS} characters"
+            )
+    return dict(extra)
 
 
 def new_episode_id() -> str:
@@ -112,10 +176,7 @@ class Episode:
 
     def validate(self) -> None:
         """Raise `EpisodeError` naming the first field that breaks the schema."""
-        try:
-            uuid.UUID(self.episode_id)
-        except (ValueError, AttributeError, TypeError):
-            raise EpisodeError("episode_id", f"{self.episode_id!r} is not a UUID") from None
+        check_episode_id(self.episode_id)
         for name in ("robot_id", "task", "instruction"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
@@ -133,17 +194,21 @@ class Episode:
             raise EpisodeError("ended_at", "is before started_at")
         if self.fps <= 0:
             raise EpisodeError("fps", "must be positive")
+        check_extra(self.extra)
         validate_steps(self.steps)
 
 
 def validate_steps(steps: dict[str, np.ndarray]) -> int:
     """Check per-step arrays against the schema and return the number of steps."""
+    if not isinstance(steps, dict):
+        raise EpisodeError("steps", f"must be a dict of arrays, got {type(steps).__name__}")
     missing = [k for k in REQUIRED_STEP_KEYS if k not in steps]
     if missing:
         raise EpisodeError(missing[0], "required key is missing")
     num_steps: int | None = None
     cameras = 0
     for key, array in steps.items():
+        check_step_key(key)
         if not isinstance(array, np.ndarray):
             raise EpisodeError(key, f"must be a numpy array, got {type(array).__name__}")
         if key.startswith(IMAGE_PREFIX):
@@ -163,8 +228,6 @@ def validate_steps(steps: dict[str, np.ndarray]) -> int:
                 raise EpisodeError(key, f"rank {array.ndim} is not {want_rank} (shape {array.shape})")
             if array.dtype.kind == "f" and not np.isfinite(array).all():
                 raise EpisodeError(key, "contains NaN or infinite values")
-        else:
-            raise EpisodeError(key, "is not a key of the episode schema")
         if num_steps is None:
             num_steps = int(array.shape[0])
         elif array.shape[0] != num_steps:

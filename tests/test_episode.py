@@ -5,6 +5,7 @@ import pytest
 
 from sop.episode import (
     ACTION,
+    IMAGE_PREFIX,
     INTERVENTION,
     POLICY_ACTION,
     POLICY_VERSION,
@@ -14,8 +15,11 @@ from sop.episode import (
     Episode,
     EpisodeError,
     Outcome,
+    check_episode_id,
+    check_step_key,
     new_episode_id,
 )
+from sop.safe_logging import client_str
 
 
 def make_episode(num_steps: int = 5) -> Episode:
@@ -52,8 +56,13 @@ def test_valid_episode_passes() -> None:
             lambda e: e.steps.__setitem__("observation.images.top", np.zeros((5, 8, 8), np.uint8)),
             "observation.images.top",
         ),
-        (lambda e: e.steps.__setitem__("pickle_me", np.zeros(5, np.float32)), "pickle_me"),
+        # A key the client made up is named quoted (sop.safe_logging.client_str).
+        (lambda e: e.steps.__setitem__("pickle_me", np.zeros(5, np.float32)), "'pickle_me'"),
         (lambda e: setattr(e, "episode_id", "not-a-uuid"), "episode_id"),
+        (lambda e: setattr(e, "episode_id", "../episodes/zz"), "episode_id"),
+        (lambda e: setattr(e, "episode_id", e.episode_id.upper()), "episode_id"),  # not canonical
+        (lambda e: setattr(e, "extra", {"note": 3}), "extra.'note'"),
+        (lambda e: setattr(e, "extra", {f"k{i}": "" for i in range(300)}), "extra"),
         (lambda e: setattr(e, "task", ""), "task"),
         (lambda e: setattr(e, "ended_at", -1.0), "ended_at"),
     ],
@@ -65,3 +74,52 @@ def test_schema_violations_name_the_field(mutate, field: str) -> None:  # type: 
         episode.validate()
     assert info.value.field_name == field
     assert field in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "camera",
+    [
+        "x/../../../../outside",
+        "../episodes/zz",
+        "..",
+        ".",
+        "",
+        "top\nforged log line",
+        "top\u202e",  # bidi override
+        "a" * 65,
+        "caméra",
+        "top.left",
+        "/abs",
+    ],
+)
+def test_camera_names_off_the_whitelist_are_refused_naming_the_key(camera: str) -> None:
+    episode = make_episode()
+    key = IMAGE_PREFIX + camera
+    episode.steps[key] = episode.steps.pop("observation.images.top")
+    with pytest.raises(EpisodeError, match="camera name") as info:
+        episode.validate()
+    assert info.value.field_name == client_str(key)
+    assert "\n" not in str(info.value) and "\u202e" not in str(info.value)
+
+
+@pytest.mark.parametrize("camera", ["top", "wrist_1", "Cam-2", "a" * 64])
+def test_camera_names_on_the_whitelist_pass(camera: str) -> None:
+    episode = make_episode()
+    episode.steps[IMAGE_PREFIX + camera] = episode.steps.pop("observation.images.top")
+    episode.validate()
+    assert check_step_key(IMAGE_PREFIX + camera) == IMAGE_PREFIX + camera
+
+
+def test_only_canonical_uuids_are_episode_ids() -> None:
+    episode_id = new_episode_id()
+    assert check_episode_id(episode_id) == episode_id
+    for bad in (
+        episode_id.upper(),
+        "{" + episode_id + "}",
+        "urn:uuid:" + episode_id,
+        episode_id.replace("-", ""),
+    ):
+        with pytest.raises(EpisodeError, match="canonical"):
+            check_episode_id(bad)
+    with pytest.raises(EpisodeError, match="not a UUID"):
+        check_episode_id("../" + episode_id)

@@ -30,7 +30,9 @@ from typing import Any, Final
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from sop.episode import Episode, EpisodeError, Outcome, Source
+from sop.episode import MAX_EXTRA_CHARS as MAX_EXTRA_CHARS  # the caps live with the schema; re-exported
+from sop.episode import MAX_EXTRA_ENTRIES as MAX_EXTRA_ENTRIES
+from sop.episode import Episode, EpisodeError, Outcome, Source, check_extra, check_step_key
 from sop.v1 import tensor_pb2
 
 # Dtype names on the wire (always little-endian) and the numpy dtype each one decodes to.
@@ -47,8 +49,6 @@ MAX_RANK: Final = 8
 # refuses messages over 2 GiB, so the episode cap stays below that.
 DEFAULT_MAX_TENSOR_BYTES: Final = 1 << 30
 DEFAULT_MAX_EPISODE_BYTES: Final = (1 << 31) - (1 << 20)
-MAX_EXTRA_ENTRIES: Final = 256
-MAX_EXTRA_CHARS: Final = 65_536
 
 
 class CodecError(EpisodeError):
@@ -156,12 +156,10 @@ def encode_episode(episode: Episode, *, validate: bool = True) -> bytes:
 
 
 def _check_extra(extra: Mapping[str, str]) -> dict[str, str]:
-    if len(extra) > MAX_EXTRA_ENTRIES:
-        raise CodecError("extra", f"{len(extra)} entries exceed the cap of {MAX_EXTRA_ENTRIES}")
-    for key, value in extra.items():
-        if len(key) + len(value) > MAX_EXTRA_CHARS:
-            raise CodecError(f"extra.{key[:64]}", f"entry is longer than {MAX_EXTRA_CHARS} characters")
-    return dict(extra)
+    try:
+        return check_extra(dict(extra))
+    except EpisodeError as exc:
+        raise CodecError.from_episode_error(exc) from None
 
 
 def record_to_episode(
@@ -178,6 +176,11 @@ def record_to_episode(
         source = Source(record.source)
     except ValueError:
         raise CodecError("source", f"{record.source!r} is not one of {[s.value for s in Source]}") from None
+    try:  # a key names a directory in the store: refuse a hostile one before reading its bytes
+        for key in record.steps:
+            check_step_key(key)
+    except EpisodeError as exc:
+        raise CodecError.from_episode_error(exc) from None
     steps = {
         key: decode_tensor(tensor, key, max_bytes=max_tensor_bytes) for key, tensor in record.steps.items()
     }

@@ -8,6 +8,8 @@ One store is one directory; the directory listing of `episodes/` is the index:
     <root>/.partial/<episode_id>/    an episode being recorded by `begin_episode` (zarr group + progress file)
     <root>/.staging/<id>.<writer>/   an `append` being written
     <root>/.trash/                   deleted episodes on their way out
+    <root>/quarantine/<name>         an entry of episodes/ that could not be read or trained on, moved aside
+    <root>/quarantine/<name>.reason.json   why and when: {"name", "reason", "time"}
 
 Why it is crash-safe: an episode is written completely under `.partial/` or `.staging/` and then becomes
 visible by one `os.rename` into `episodes/` (atomic on one filesystem, and refused when `episodes/<id>`
@@ -33,6 +35,18 @@ here for a slightly better ratio (`compressor="zstd"` if disk matters more than 
 Readers in other processes see a consistent store at all times; a long-lived reader calls `refresh()` to
 pick up episodes committed by someone else (`get`, `info`, `in` look on disk when the id is not cached).
 
+Why nothing outside the root is ever touched, and why one bad entry cannot make the store unopenable: every
+path is built from a canonical UUID (`check_episode_id`) or a whitelisted step key (`check_step_key`: camera
+names are `[A-Za-z0-9_-]{1,64}`) and is checked to resolve inside its parent, even when the caller skipped
+`Episode.validate` (`UnsafePathError`, nothing written). An entry of `episodes/` that is not a readable
+episode (a name that is not a UUID, a symlink, missing or garbled metadata, a missing array) is moved to
+`quarantine/` with a reason file when `refresh()` (and so opening the store) or a lookup meets it, instead of
+raising; the learner's trainer quarantines a readable episode its policy cannot train on the same way
+(`quarantine(episode_id, reason)`). Moving aside is one rename, so it is as crash-safe as a commit: a
+crash leaves the entry in `episodes/` (quarantined again on the next refresh) or in `quarantine/`; the reason
+file is written first and may be left alone by a crash, which `quarantined()` ignores. Two processes that
+quarantine the same entry race on that rename; one wins, the other drops its reason file.
+
 Public API (the robot client, the cloud learner and the sampler rely on these names):
 
     EpisodeStore(root, *, create=True, durable=True, compressor="lz4", compression_level=9)
@@ -55,6 +69,9 @@ Public API (the robot client, the cloud learner and the sampler rely on these na
         .list(task=None, source=None, since=None, until=None) -> list[EpisodeInfo]   sorted by started_at
         .delete(episode_id)    .size_bytes() -> int    .num_steps_total(task=None, source=None) -> int
         .tasks() -> list[str]  .refresh() -> list[EpisodeInfo] (the newly visible ones)   len(store)
+        .quarantine(episode_id, reason) -> QuarantinedEntry   .quarantined() -> list[QuarantinedEntry]
+        .num_quarantined                 entries this store object moved to quarantine/
+    EpisodeInfo.stand_in_episode() -> Episode   shapes without data, for schema and policy-feature checks
 """
 
 from __future__ import annotations
@@ -65,9 +82,11 @@ import ctypes
 import dataclasses
 import errno
 import json
+import logging
 import math
 import os
 import shutil
+import stat
 import sys
 import threading
 import time
@@ -104,7 +123,12 @@ from sop.episode import (
     EpisodeError,
     Outcome,
     Source,
+    check_episode_id,
+    check_step_key,
 )
+from sop.safe_logging import RateLimitedLog, client_str
+
+logger = logging.getLogger(__name__)
 
 FORMAT: Final = "sop-episode-store"
 FORMAT_VERSION: Final = 1
@@ -113,6 +137,8 @@ EPISODES_DIR: Final = "episodes"
 PARTIAL_DIR: Final = ".partial"
 STAGING_DIR: Final = ".staging"
 TRASH_DIR: Final = ".trash"
+QUARANTINE_DIR: Final = "quarantine"
+QUARANTINE_REASON_SUFFIX: Final = ".reason.json"
 PROGRESS_FILE: Final = "sop_progress.json"
 ATTRS_KEY: Final = "sop_episode"
 
@@ -145,6 +171,26 @@ class PartialInUseError(RuntimeError):
     """A partial episode that a live writer (this or another process) is still recording."""
 
 
+class UnsafePathError(ValueError):
+    """A path the store would build leaves its directory (a hostile id or key, or a symlink): refused,
+    nothing written. Only reachable by bypassing `Episode.validate`, or by tampering with the store."""
+
+
+class UnreadableEntryError(ValueError):
+    """An entry of `episodes/` that is not a readable episode; `refresh()` moves it to `quarantine/`."""
+
+
+@dataclass(frozen=True)
+class QuarantinedEntry:
+    """Something moved out of `episodes/` into `quarantine/`, and why."""
+
+    name: str  # its name in quarantine/ (the original name, made safe and unique)
+    original_name: str  # its name in episodes/ (the episode id, for a readable episode)
+    reason: str
+    quarantined_at: float
+    path: Path
+
+
 @dataclass(frozen=True)
 class EpisodeInfo:
     """What the store knows about a committed episode without reading its arrays."""
@@ -168,6 +214,34 @@ class EpisodeInfo:
     @property
     def cameras(self) -> list[str]:
         return sorted(k.removeprefix(IMAGE_PREFIX) for k in self.step_shapes if k.startswith(IMAGE_PREFIX))
+
+    def stand_in_episode(self) -> Episode:
+        """This episode with zero-cost broadcast views as step arrays (zeros of the stored shapes).
+
+        For checks that need the shapes only (the schema's `validate`, `PolicyFeatures.check_episode`), so
+        the learner can check every episode of its replay without reading a byte of it. The arrays are
+        read-only and their values are meaningless.
+        """
+        steps = {
+            key: np.broadcast_to(
+                np.zeros((), IMAGE_DTYPE if key.startswith(IMAGE_PREFIX) else STEP_DTYPES.get(key, np.uint8)),
+                (self.num_steps, *shape),
+            )
+            for key, shape in self.step_shapes.items()
+        }
+        return Episode(
+            episode_id=self.episode_id,
+            robot_id=self.robot_id,
+            task=self.task,
+            instruction=self.instruction,
+            outcome=self.outcome,
+            started_at=self.started_at,
+            ended_at=self.ended_at,
+            steps=steps,
+            source=self.source,
+            fps=self.fps,
+            extra=dict(self.extra),
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -322,6 +396,36 @@ def _write_json_atomic(path: Path, data: Any, *, durable: bool) -> None:
     os.replace(tmp, path)
 
 
+def _child_path(parent: Path, name: str) -> Path:
+    """`parent / name` for a single path component `name`, checked to resolve inside `parent`.
+
+    Names are whitelisted before they get here (UUIDs, schema keys); this is the second line, for callers
+    that bypassed validation and for a symlink planted in the store.
+    """
+    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        raise UnsafePathError(f"{client_str(name)} is not a plain file name; refused to build a path from it")
+    path = parent / name
+    resolved_parent = parent.resolve()
+    if not path.resolve().is_relative_to(resolved_parent):
+        raise UnsafePathError(
+            f"{path} resolves outside {resolved_parent} (a symlink?); refused to read or write through it"
+        )
+    return path
+
+
+def _quarantine_name(name: str) -> str:
+    """A name for `name` inside quarantine/: itself when plain, else a readable, safe stand-in."""
+    plain = (
+        0 < len(name) <= 128
+        and all(c.isascii() and (c.isalnum() or c in "._-") for c in name)
+        and not name.startswith(".")
+        and not name.endswith(QUARANTINE_REASON_SUFFIX)
+    )
+    if plain:
+        return name
+    return "entry-" + uuid.uuid5(uuid.NAMESPACE_URL, name).hex[:16]
+
+
 def _read_group_attrs(group_dir: Path) -> dict[str, Any]:
     """The episode metadata straight from the group's zarr.json."""
     attrs = read_group_attributes(group_dir).get(ATTRS_KEY)
@@ -389,7 +493,17 @@ class EpisodeStore:
         self._partial_dir = self.root / PARTIAL_DIR
         self._staging_dir = self.root / STAGING_DIR
         self._trash_dir = self.root / TRASH_DIR
+        self._quarantine_dir = self.root / QUARANTINE_DIR
+        self._directories = (
+            self._episodes_dir,
+            self._partial_dir,
+            self._staging_dir,
+            self._trash_dir,
+            self._quarantine_dir,
+        )
         self._lock = threading.RLock()
+        self.num_quarantined = 0
+        self._throttled_log = RateLimitedLog(logger, interval_s=10.0)
         self._infos: dict[str, EpisodeInfo] = {}
         self._arrays: OrderedDict[tuple[str, str], ArrayReader] = OrderedDict()
         self._max_open_arrays = max_open_arrays
@@ -413,6 +527,7 @@ class EpisodeStore:
                 PARTIAL_DIR,
                 STAGING_DIR,
                 TRASH_DIR,
+                QUARANTINE_DIR,
             }  # another process creating it right now
             if self.root.exists() and any(
                 p.name not in ours and not p.name.startswith(f".{MARKER_FILE}.") for p in self.root.iterdir()
@@ -421,7 +536,7 @@ class EpisodeStore:
                     f"store root {self.root}: exists, is not empty and is not an episode store"
                 )
             self.root.mkdir(parents=True, exist_ok=True)
-            for directory in (self._episodes_dir, self._partial_dir, self._staging_dir, self._trash_dir):
+            for directory in self._directories:
                 directory.mkdir(exist_ok=True)
             _write_json_atomic(marker, {"format": FORMAT, "version": FORMAT_VERSION}, durable=self.durable)
             if self.durable:
@@ -432,7 +547,7 @@ class EpisodeStore:
             raise ValueError(
                 f"store root {self.root}: {MARKER_FILE} says {data}, expected version {FORMAT_VERSION}"
             )
-        for directory in (self._episodes_dir, self._partial_dir, self._staging_dir, self._trash_dir):
+        for directory in self._directories:
             directory.mkdir(exist_ok=True)
 
     def _remove_stale_staging(self) -> None:
@@ -446,14 +561,59 @@ class EpisodeStore:
 
     # -- index -------------------------------------------------------------------------------------------
 
-    def _load_info(self, episode_id: str) -> EpisodeInfo | None:
+    def _read_entry(self, name: str) -> EpisodeInfo | None:
+        """The metadata of `episodes/<name>`; None if it vanished (deleted meanwhile); `UnreadableEntryError`
+        saying why if it is not an episode this store can serve."""
         try:
-            return EpisodeInfo.from_json(_read_group_attrs(self._episodes_dir / episode_id))
+            check_episode_id(name)
+        except EpisodeError:
+            raise UnreadableEntryError(f"{client_str(name)} is not an episode id (a UUID)") from None
+        group_dir = self._episodes_dir / name
+        try:
+            mode = os.lstat(group_dir).st_mode
         except FileNotFoundError:
+            return None
+        if stat.S_ISLNK(mode):
+            raise UnreadableEntryError("is a symbolic link, not an episode directory")
+        if not stat.S_ISDIR(mode):
+            raise UnreadableEntryError("is not a directory")
+        try:
+            info = EpisodeInfo.from_json(_read_group_attrs(group_dir))
+        except FileNotFoundError:
+            if not os.path.lexists(group_dir):
+                return None
+            raise UnreadableEntryError("has no zarr.json group metadata") from None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # JSON, layout, fields
+            raise UnreadableEntryError(f"has garbled metadata ({type(exc).__name__}: {exc})") from None
+        if info.episode_id != name:
+            raise UnreadableEntryError(f"metadata names episode {client_str(info.episode_id)}, not {name}")
+        try:
+            info.stand_in_episode().validate()  # every key whitelisted, shapes and metadata in the schema
+        except EpisodeError as exc:
+            raise UnreadableEntryError(f"metadata breaks the episode schema ({exc})") from None
+        try:
+            arrays = {entry.name for entry in os.scandir(group_dir) if entry.is_dir(follow_symlinks=False)}
+        except FileNotFoundError:
+            return None
+        missing = sorted(set(info.step_shapes) - arrays)
+        if missing:
+            raise UnreadableEntryError(f"array {missing[0]} is missing (or not a plain directory)")
+        return info
+
+    def _load_info(self, episode_id: str) -> EpisodeInfo | None:
+        """The metadata of a committed episode; None if absent, or after quarantining an unreadable one."""
+        try:
+            return self._read_entry(episode_id)
+        except UnreadableEntryError as exc:
+            self._move_to_quarantine(episode_id, str(exc))
             return None
 
     def refresh(self) -> list[EpisodeInfo]:
-        """Re-read the directory listing; return the episodes that became visible (sorted by time)."""
+        """Re-read the directory listing; return the episodes that became visible (sorted by time).
+
+        An entry that is not a readable episode is moved to `quarantine/` (logged, counted in
+        `num_quarantined`) and the others load as usual.
+        """
         on_disk = {name for name in os.listdir(self._episodes_dir) if not name.startswith(".")}
         added: list[EpisodeInfo] = []
         with self._lock:
@@ -466,26 +626,100 @@ class EpisodeStore:
                     added.append(info)
         return sorted(added, key=lambda i: (i.started_at, i.episode_id))
 
+    # -- quarantine --------------------------------------------------------------------------------------
+
+    def _move_to_quarantine(self, name: str, reason: str) -> QuarantinedEntry | None:
+        """Move `episodes/<name>` to `quarantine/` with a reason file; None if it was gone already.
+
+        The reason file is written first and the entry moved by one rename, so a crash never loses the
+        entry; a reason file without its entry (crash, or another process won the race) is ignored.
+        """
+        source = self._episodes_dir / name
+        target_name = _quarantine_name(name)
+        while os.path.lexists(self._quarantine_dir / target_name) or os.path.lexists(
+            self._quarantine_dir / (target_name + QUARANTINE_REASON_SUFFIX)
+        ):
+            target_name = f"{_quarantine_name(name)}.{uuid.uuid4().hex[:8]}"
+        target = self._quarantine_dir / target_name
+        reason_file = self._quarantine_dir / (target_name + QUARANTINE_REASON_SUFFIX)
+        now = time.time()
+        self._quarantine_dir.mkdir(exist_ok=True)
+        _write_json_atomic(reason_file, {"name": name, "reason": reason, "time": now}, durable=self.durable)
+        try:
+            os.rename(source, target)
+        except OSError as exc:
+            reason_file.unlink(missing_ok=True)
+            if isinstance(exc, FileNotFoundError):  # deleted or quarantined by someone else meanwhile
+                with self._lock:
+                    self._forget(name)
+                return None
+            raise
+        with self._lock:
+            self._forget(name)
+            self.num_quarantined += 1
+        if self.durable:
+            _fsync_path(self._episodes_dir)
+            _fsync_path(self._quarantine_dir)
+        self._throttled_log.warning(
+            "quarantine",
+            "episode store %s: moved %s to quarantine/%s: %s",
+            self.root,
+            client_str(name),
+            target_name,
+            client_str(reason, 400),
+        )
+        return QuarantinedEntry(target_name, name, reason, now, target)
+
+    def quarantine(self, episode_id: str, reason: str) -> QuarantinedEntry:
+        """Move a committed episode out of `episodes/` into `quarantine/` with `reason`; it is no longer
+        listed, sampled or readable here, and stays on disk for a person to inspect or delete.
+
+        The learner calls this for an episode its policy cannot train on (a state of the wrong size, a task
+        it does not know) instead of stopping. `EpisodeNotFoundError` if the episode is not in the store.
+        """
+        check_episode_id(episode_id)
+        if not os.path.lexists(self._episodes_dir / episode_id):
+            with self._lock:
+                self._forget(episode_id)
+            raise EpisodeNotFoundError(episode_id)
+        entry = self._move_to_quarantine(episode_id, reason)
+        if entry is None:
+            raise EpisodeNotFoundError(episode_id)
+        return entry
+
+    def quarantined(self) -> builtins.list[QuarantinedEntry]:
+        """Everything in `quarantine/` (moved there by any process), oldest first."""
+        entries = []
+        for path in self._quarantine_dir.iterdir():
+            if path.name.endswith(QUARANTINE_REASON_SUFFIX) or path.name.startswith("."):
+                continue
+            reason_file = self._quarantine_dir / (path.name + QUARANTINE_REASON_SUFFIX)
+            try:
+                data = json.loads(reason_file.read_text())
+                reason, original, when = str(data["reason"]), str(data["name"]), float(data["time"])
+            except (OSError, ValueError, KeyError, TypeError):
+                reason, original, when = "unknown (no readable reason file)", path.name, path.lstat().st_mtime
+            entries.append(QuarantinedEntry(path.name, original, reason, when, path))
+        return sorted(entries, key=lambda e: (e.quarantined_at, e.name))
+
     def _forget(self, episode_id: str) -> None:
         self._infos.pop(episode_id, None)
         for cache_key in [k for k in self._arrays if k[0] == episode_id]:
             del self._arrays[cache_key]
 
     def __contains__(self, episode_id: object) -> bool:
-        if (
-            not isinstance(episode_id, str)
-            or not episode_id
-            or "/" in episode_id
-            or episode_id.startswith(".")
-        ):
+        try:
+            check_episode_id(episode_id)
+        except EpisodeError:
             return False
+        assert isinstance(episode_id, str)
         present = (self._episodes_dir / episode_id).is_dir()
         with self._lock:
             if not present:
                 self._forget(episode_id)
             elif episode_id not in self._infos:
                 info = self._load_info(episode_id)
-                if info is None:
+                if info is None:  # vanished, or unreadable and quarantined just now
                     return False
                 self._infos[episode_id] = info
         return present
@@ -547,8 +781,9 @@ class EpisodeStore:
         info = self.info(episode_id)
         if key not in info.step_shapes:
             raise KeyError(f"{key}: episode {episode_id} has no such key (it has {sorted(info.step_shapes)})")
+        array_dir = _child_path(_child_path(self._episodes_dir, episode_id), check_step_key(key))
         try:
-            array = ArrayReader(self._episodes_dir / episode_id / key, strict=True)
+            array = ArrayReader(array_dir, strict=True)
         except FileNotFoundError:
             raise EpisodeNotFoundError(episode_id) from None
         with self._lock:
@@ -600,10 +835,8 @@ class EpisodeStore:
     # -- writing -----------------------------------------------------------------------------------------
 
     def _check_new_id(self, episode_id: str) -> None:
-        try:
-            uuid.UUID(episode_id)
-        except (ValueError, AttributeError, TypeError):
-            raise EpisodeError("episode_id", f"{episode_id!r} is not a UUID") from None
+        check_episode_id(episode_id)
+        _child_path(self._episodes_dir, episode_id)
         if episode_id in self:
             raise DuplicateEpisodeError(episode_id)
 
@@ -630,13 +863,17 @@ class EpisodeStore:
         """Validate and commit a whole episode. `DuplicateEpisodeError` (store unchanged) on a repeated id."""
         episode.validate()
         self._check_new_id(episode.episode_id)
-        staging = self._staging_dir / f"{episode.episode_id}.{_process_token()}.{uuid.uuid4().hex[:8]}"
+        for key in episode.steps:  # again here: a caller may have skipped or replaced validate()
+            check_step_key(key)
+        staging = _child_path(
+            self._staging_dir, f"{episode.episode_id}.{_process_token()}.{uuid.uuid4().hex[:8]}"
+        )
         try:
             staging.mkdir()
             stored = 0
             for key, values in episode.steps.items():
                 stored += write_array(
-                    staging / key,
+                    _child_path(staging, key),
                     values,
                     _array_spec(key, values.shape, values.dtype, self.compressor, self.compression_level),
                 )
@@ -719,7 +956,7 @@ class EpisodeStore:
             "extra": dict(extra or {}),
         }
         _check_metadata(meta)  # refuse bad metadata now, not after a whole episode was recorded
-        partial = self._partial_dir / episode_id
+        partial = _child_path(self._partial_dir, episode_id)
         with self._lock:
             try:
                 partial.mkdir()
@@ -738,7 +975,7 @@ class EpisodeStore:
 
     def _read_progress(self, episode_id: str) -> dict[str, Any] | None:
         try:
-            return json.loads((self._partial_dir / episode_id / PROGRESS_FILE).read_text())
+            return json.loads((_child_path(self._partial_dir, episode_id) / PROGRESS_FILE).read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
@@ -769,7 +1006,7 @@ class EpisodeStore:
         return found
 
     def _check_partial_abandoned(self, episode_id: str) -> Path:
-        partial = self._partial_dir / episode_id
+        partial = _child_path(self._partial_dir, episode_id)
         if not partial.is_dir():
             raise EpisodeNotFoundError(episode_id)
         progress = self._read_progress(episode_id)
@@ -818,18 +1055,19 @@ class EpisodeStore:
         lowdim: dict[str, np.ndarray] = {}
         try:
             for key in shapes:
-                length = read_array_spec(partial / key).shape[0]
+                array_dir = _child_path(partial, check_step_key(key))
+                length = read_array_spec(array_dir).shape[0]
                 if length < num_steps:
                     raise EpisodeError(key, f"holds {length} steps, progress says {num_steps}")
                 if length > num_steps:  # killed between growing the array and writing progress
-                    truncate_array(partial / key, num_steps)
+                    truncate_array(array_dir, num_steps)
                 if not key.startswith(IMAGE_PREFIX):
-                    lowdim[key] = ArrayReader(partial / key).read_all()
+                    lowdim[key] = ArrayReader(array_dir).read_all()
             meta = progress["meta"]
             last_timestamp = float(lowdim[TIMESTAMP][-1])
             ended_at = max(float(meta["started_at"]), last_timestamp)
             writer_info = _episode_info(meta, outcome, ended_at, lowdim, shapes, num_steps)
-        except (EpisodeError, KeyError, ValueError, OSError) as exc:
+        except (EpisodeError, KeyError, ValueError, TypeError, OSError) as exc:
             raise EpisodeError(
                 "partial", f"episode {episode_id} cannot be recovered ({exc}); discard_partial() it"
             ) from exc
@@ -856,6 +1094,7 @@ def _check_metadata(meta: Mapping[str, Any]) -> None:
         steps=stand_in,
         source=Source(meta["source"]),
         fps=float(meta["fps"]),
+        extra=meta["extra"],
     ).validate()
 
 
@@ -944,6 +1183,7 @@ class EpisodeWriter:
             raise RuntimeError(f"episode_id: writer for {self.episode_id} is already committed or aborted")
 
     def _coerce(self, key: str, value: Any) -> np.ndarray:
+        check_step_key(key)  # the key becomes a directory name below
         array = np.asarray(value)
         if key.startswith(IMAGE_PREFIX):
             if array.dtype != IMAGE_DTYPE:
@@ -1019,7 +1259,7 @@ class EpisodeWriter:
                     self._store.compressor,
                     self._store.compression_level,
                 )
-                array = ArrayAppender(self._path / key, spec)
+                array = ArrayAppender(_child_path(self._path, key), spec)
                 self._arrays[key] = array
             array.append(block)
             if key in self._lowdim:

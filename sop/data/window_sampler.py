@@ -12,6 +12,14 @@ observations are frames t-To+1 .. t (indices before 0 repeat frame 0) and action
 t-To+1 .. t-To+Tp; an action index before 0 repeats step 0 and one past T-1 repeats step T-1, and both are
 marked in `action_is_pad`.
 
+An episode the sampler cannot use (a shape other than the first indexed episode's, a missing camera, arrays
+that do not match its metadata or do not decode, one `episode_check` refuses) raises `ValueError` by default.
+With `on_unusable="quarantine"` (the learner's replay) it is moved to the store's `quarantine/` instead,
+counted in `num_quarantined`, and sampling goes on with the rest: one bad episode must not stop training.
+Every episode is checked when it is indexed (its metadata, its low-dimensional columns, which are read anyway,
+and the last frame of each sampled camera); an image chunk that fails to decode later, while sampling, drops
+that episode the same way.
+
 Memory: the sampler keeps a frame index (episode, frame, weight) and the low-dimensional columns of every
 indexed episode in memory (small), as flat arrays so a batch is gathered with one fancy index per key;
 images are read lazily from the store, one contiguous slice per window and camera.
@@ -20,20 +28,23 @@ Public API:
 
     WindowSampler(store, obs_horizon, action_horizon, *, tasks=None, task_weights=None,
                   source_weights=None, autonomous_frame_weight=1.0, frame_weight_fn=None,
-                  frame_weight_mode="sample", image_keys=None)
+                  frame_weight_mode="sample", image_keys=None, episode_check=None, on_unusable="raise")
         .sample(batch_size, rng) -> dict       keys listed in `WindowSampler.sample`
         .refresh() -> int                      index episodes committed since; returns how many
         .num_frames(task=None, source=None) -> int    frames with a positive weight
         .set_source_weights(task, {"online": w, "offline": 1 - w})
         .set_task_weights({task: w, ...})
         .tasks -> list[str]                    tasks with at least one sampleable frame
+        .num_quarantined -> int                episodes moved to quarantine (on_unusable="quarantine")
+        .recently_quarantined -> list[tuple[str, str]]   the last ones: (episode_id, reason)
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 
@@ -41,6 +52,13 @@ from sop.data.episode_store import EpisodeInfo, EpisodeNotFoundError, EpisodeSto
 from sop.episode import ACTION, IMAGE_PREFIX, INTERVENTION, POLICY_VERSION, STATE, Source
 
 FrameWeightFn = Callable[[EpisodeInfo, Mapping[str, np.ndarray]], np.ndarray]
+# Refuses an episode by raising `ValueError` (e.g. `PolicyFeatures.check_episode` on its stand-in).
+EpisodeCheck = Callable[[EpisodeInfo], None]
+UnusableEpisodePolicy = Literal["raise", "quarantine"]
+# What reading or checking one episode may raise when its files are damaged (blosc raises RuntimeError).
+EPISODE_READ_ERRORS: Final = (OSError, ValueError, KeyError, IndexError, RuntimeError)
+# Attempts of one `sample` call when image reads keep hitting episodes that turn out unusable.
+MAX_SAMPLE_ATTEMPTS: Final = 8
 LOWDIM_KEYS = (STATE, ACTION, INTERVENTION, POLICY_VERSION)
 SOURCES = (str(Source.ONLINE), str(Source.OFFLINE))
 
@@ -91,6 +109,30 @@ class _Group:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def without_episode(self, episode: int) -> _Group:
+        """A copy with the frames of one episode removed (rare: only when an episode is dropped)."""
+        keep = self.episodes.view != episode
+        group = _Group()
+        group.rows.append(self.rows.view[keep])
+        group.episodes.append(self.episodes.view[keep])
+        weights = self.weights.view[keep]
+        group.weights.append(weights)
+        group.cumulative.append(np.cumsum(weights, dtype=np.float64))
+        return group
+
+
+class NoSampleableFramesError(ValueError):
+    """Nothing to sample yet: an empty store, every weight zero, or every episode dropped."""
+
+
+class _UnreadableWindow(Exception):
+    """An image read failed while sampling; names the episode (index into `WindowSampler._episodes`)."""
+
+    def __init__(self, episode: int, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.episode = episode
+        self.error = error
+
 
 def _check_weights(name: str, weights: Mapping[str, float]) -> dict[str, float]:
     checked = {}
@@ -120,6 +162,8 @@ class WindowSampler:
         frame_weight_fn: FrameWeightFn | None = None,
         frame_weight_mode: Literal["sample", "loss"] = "sample",
         image_keys: Sequence[str] | None = None,
+        episode_check: EpisodeCheck | None = None,
+        on_unusable: UnusableEpisodePolicy = "raise",
     ) -> None:
         if obs_horizon < 1:
             raise ValueError(f"obs_horizon: {obs_horizon} must be at least 1")
@@ -129,6 +173,8 @@ class WindowSampler:
             raise ValueError(f"autonomous_frame_weight: {autonomous_frame_weight} must be finite and >= 0")
         if frame_weight_mode not in ("sample", "loss"):
             raise ValueError(f"frame_weight_mode: {frame_weight_mode!r} is not 'sample' or 'loss'")
+        if on_unusable not in ("raise", "quarantine"):
+            raise ValueError(f"on_unusable: {on_unusable!r} is not 'raise' or 'quarantine'")
         self.store = store
         self.obs_horizon = obs_horizon
         self.action_horizon = action_horizon
@@ -137,6 +183,10 @@ class WindowSampler:
         self.frame_weight_fn = frame_weight_fn
         self.frame_weight_mode = frame_weight_mode
         self.image_keys = [k if k.startswith(IMAGE_PREFIX) else IMAGE_PREFIX + k for k in (image_keys or [])]
+        self.episode_check = episode_check
+        self.on_unusable = on_unusable
+        self.num_quarantined = 0
+        self._recently_quarantined: deque[tuple[str, str]] = deque(maxlen=100)
         self._task_weights = _check_weights("task_weights", task_weights or {})
         self._default_source_weights = self._check_source_weights(source_weights)
         self._source_weights: dict[str, dict[str, float]] = {}
@@ -232,19 +282,89 @@ class WindowSampler:
                 self.task_filter is not None and info.task not in self.task_filter
             ):
                 continue
-            missing = [k for k in self.image_keys if k not in info.step_shapes]
-            if missing:
-                raise ValueError(f"{missing[0]}: episode {info.episode_id} has no such camera")
             try:
-                columns = self.store.read_columns(info.episode_id, LOWDIM_KEYS)
+                columns = self._load_checked(info)
             except EpisodeNotFoundError:  # deleted between listing and reading: skip it
+                continue
+            except EPISODE_READ_ERRORS as exc:
+                self._refuse(info, exc)
                 continue
             weights = self._frame_weights(info, columns)
             with self._lock:
-                if info.episode_id not in self._episode_ids:
+                if info.episode_id in self._episode_ids:
+                    continue
+                try:
                     self._index(info, columns, weights)
+                except ValueError as exc:
+                    refused: ValueError | None = exc
+                else:
+                    refused = None
                     added += 1
+            if refused is not None:
+                self._refuse(info, refused)
         return added
+
+    def _load_checked(self, info: EpisodeInfo) -> dict[str, np.ndarray]:
+        """The episode's low-dimensional columns, after checking that it fits this sampler and that its
+        arrays match its metadata; `ValueError` (or a read error) naming what does not."""
+        if self.episode_check is not None:
+            self.episode_check(info)
+        missing = [k for k in self.image_keys if k not in info.step_shapes]
+        if missing:
+            raise ValueError(f"{missing[0]}: episode {info.episode_id} has no such camera")
+        with self._lock:
+            self._check_compatible(info)
+        columns = self.store.read_columns(info.episode_id, LOWDIM_KEYS)
+        for key, column in columns.items():
+            expected = (info.num_steps, *info.step_shapes[key])
+            if column.shape != expected:
+                raise ValueError(
+                    f"{key}: episode {info.episode_id} stores shape {column.shape}, its metadata says {expected}"
+                )
+            if column.dtype.kind == "f" and not np.isfinite(column).all():
+                raise ValueError(f"{key}: episode {info.episode_id} holds NaN or infinite values")
+        for key in self.image_keys:  # the last frame: the array is as long as it says, and decodes
+            last = self.store.read_steps(info.episode_id, key, info.num_steps - 1, info.num_steps)
+            if last.shape[1:] != info.step_shapes[key]:
+                raise ValueError(
+                    f"{key}: episode {info.episode_id} stores frames of shape {last.shape[1:]}, its "
+                    f"metadata says {info.step_shapes[key]}"
+                )
+        return columns
+
+    def _refuse(self, info: EpisodeInfo, error: BaseException) -> None:
+        """An episode this sampler cannot use: raise (the default) or move it to the store's quarantine."""
+        if self.on_unusable == "raise":
+            raise error
+        reason = f"unusable for training: {error}"
+        try:
+            self.store.quarantine(info.episode_id, reason)
+            moved = True
+        except EpisodeNotFoundError:  # gone meanwhile (deleted, or quarantined by another process)
+            moved = False
+        with self._lock:
+            self._episode_ids.add(info.episode_id)  # never index it again, even if it comes back
+            if moved:
+                self.num_quarantined += 1
+                self._recently_quarantined.append((info.episode_id, reason))
+
+    def _drop(self, episode: int, error: BaseException) -> None:
+        """Remove an indexed episode whose images failed to read from sampling, then refuse it."""
+        with self._lock:
+            info = self._episodes[episode]
+            key = (info.task, str(info.source))
+            group = self._groups.get(key)
+            if group is not None:
+                self._groups[key] = group.without_episode(episode)
+        if isinstance(error, EpisodeNotFoundError):
+            return  # deleted under us: nothing to quarantine
+        self._refuse(info, error)
+
+    @property
+    def recently_quarantined(self) -> list[tuple[str, str]]:
+        """The last (up to 100) episodes this sampler quarantined: (episode_id, reason)."""
+        with self._lock:
+            return list(self._recently_quarantined)
 
     @property
     def tasks(self) -> list[str]:
@@ -275,7 +395,9 @@ class WindowSampler:
         task_weight = {task: self._task_weights.get(task, 1.0) for task in by_task}
         task_total = sum(task_weight.values())
         if task_total <= 0:
-            raise ValueError("sampler has no sampleable frames (empty store, or every weight is zero)")
+            raise NoSampleableFramesError(
+                "sampler has no sampleable frames (empty store, or every weight is zero)"
+            )
         mixture = []
         for task, groups in by_task.items():
             wanted = self._source_weights.get(task, self._default_source_weights)
@@ -303,6 +425,19 @@ class WindowSampler:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size: {batch_size} must be at least 1")
+        for _ in range(MAX_SAMPLE_ATTEMPTS - 1):
+            try:
+                return self._sample_once(batch_size, rng)
+            except _UnreadableWindow as unreadable:
+                if self.on_unusable == "raise" and not isinstance(unreadable.error, EpisodeNotFoundError):
+                    raise unreadable.error from None
+                self._drop(unreadable.episode, unreadable.error)
+        try:
+            return self._sample_once(batch_size, rng)
+        except _UnreadableWindow as unreadable:
+            raise unreadable.error from None
+
+    def _sample_once(self, batch_size: int, rng: np.random.Generator) -> dict[str, Any]:
         with self._lock:
             mixture = self._mixture()
             group_keys = [key for key, _ in mixture]
@@ -349,11 +484,16 @@ class WindowSampler:
             "outcome": [str(info.outcome) for info in infos],
         }
         for key in self.image_keys:
-            batch[key] = self._read_images(key, infos, obs_steps, lengths)
+            batch[key] = self._read_images(key, infos, episodes, obs_steps, lengths)
         return batch
 
     def _read_images(
-        self, key: str, infos: list[EpisodeInfo], obs_steps: np.ndarray, lengths: np.ndarray
+        self,
+        key: str,
+        infos: list[EpisodeInfo],
+        episodes: np.ndarray,
+        obs_steps: np.ndarray,
+        lengths: np.ndarray,
     ) -> np.ndarray:
         """One contiguous store read per window; frames before the start repeat frame 0."""
         height, width, channels = infos[0].step_shapes[key]
@@ -361,6 +501,9 @@ class WindowSampler:
         for b, info in enumerate(infos):
             wanted = np.clip(obs_steps[b], 0, lengths[b] - 1)
             first, last = int(wanted[0]), int(wanted[-1])
-            window = self.store.read_steps(info.episode_id, key, first, last + 1)
-            images[b] = window[wanted - first]
+            try:
+                window = self.store.read_steps(info.episode_id, key, first, last + 1)
+                images[b] = window[wanted - first]
+            except EPISODE_READ_ERRORS as exc:  # EpisodeNotFoundError (a KeyError) included
+                raise _UnreadableWindow(int(episodes[b]), exc) from exc
         return images

@@ -21,6 +21,7 @@ from sop.data.episode_store import EpisodeStore
 from sop.data.synthetic_episodes import make_episode
 from sop.episode import INTERVENTION, Source
 from sop.policies.modeling_diffusion import DiffusionPolicy
+from sop.policy_features import PolicyFeatures
 from sop.v1 import fleet_pb2
 
 StartLearner = Callable[..., RunningLearner]
@@ -168,3 +169,91 @@ def test_trainer_publishes_every_k_steps_and_a_restart_resumes(
     assert trainer.step == 12
     assert learner.service.checkpoints.versions() == [6, 7]
     assert len(learner.service.store) == 3  # the demos were not imported twice
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_trainer_quarantines_episodes_its_policy_cannot_train_on_and_keeps_training(
+    start_learner: StartLearner, tmp_path: Path
+) -> None:
+    offline = [make_episode(40, seed=30 + i, source=Source.OFFLINE, cameras=()) for i in range(2)]
+    base = write_base_checkpoint(tmp_path / "base", offline)  # state 39, action 4, task embedding of reach-v3
+    # A run directory that already holds what the policy cannot train on (an older learner, another writer).
+    replay_before_start = EpisodeStore(tmp_path / "run" / "replay", durable=False)
+    for episode in offline:
+        replay_before_start.append(episode)
+    narrow = replay_before_start.append(make_episode(40, seed=40, cameras=(), state_dim=5)).episode_id
+    unknown_task = replay_before_start.append(
+        make_episode(40, seed=41, cameras=(), task="made-up-v1")
+    ).episode_id
+
+    learner = start_learner(
+        trainer=TrainerConfig(
+            base_checkpoint=str(base), batch_size=8, publish_every_steps=1000, log_every_steps=2
+        )
+    )
+    trainer = learner.service.trainer
+    assert trainer is not None
+    wait_until(lambda: trainer.step >= 2 or not trainer.running)
+    assert trainer.failure is None and trainer.running
+    reasons = {entry.original_name: entry.reason for entry in learner.service.store.quarantined()}
+    assert set(reasons) == {narrow, unknown_task}
+    assert "observation.state" in reasons[narrow] and "(T, 39)" in reasons[narrow]
+    assert "task" in reasons[unknown_task] and "made-up-v1" in reasons[unknown_task]
+
+    # One that slips in while training (written by another process) goes the same way.
+    late = make_episode(40, seed=42, cameras=(), action_dim=3, source=Source.OFFLINE)
+    EpisodeStore(tmp_path / "run" / "replay", durable=False).append(late)
+    trainer.notify_new_episode(late)
+    step_after_late = trainer.step
+    wait_until(lambda: trainer.quarantined_episodes == 3 and trainer.step >= step_after_late + 4)
+    assert trainer.failure is None and trainer.running
+    assert trainer.last_metrics["replay/quarantined_episodes"] == 3.0
+    assert sorted(i.episode_id for i in learner.service.store.list()) == sorted(e.episode_id for e in offline)
+    rows = [json.loads(line) for line in learner.config.train_log_path.read_text().splitlines()]
+    reported = [row for row in rows if "newly_quarantined" in row]
+    assert {q["episode_id"] for row in reported for q in row["newly_quarantined"]} == {
+        narrow,
+        unknown_task,
+        late.episode_id,
+    }
+    assert reported[-1]["quarantined_episodes"] == 3
+
+    learner.restart()  # the run directory stays usable: the learner starts and trains
+    trainer = learner.service.trainer
+    assert trainer is not None
+    step = trainer.step
+    wait_until(lambda: trainer.step >= step + 2 or not trainer.running)
+    assert trainer.failure is None and trainer.running and trainer.quarantined_episodes == 0
+    assert len(learner.service.store.quarantined()) == 3
+
+
+def test_replay_quarantines_episodes_that_do_not_fit_the_policy_features(tmp_path: Path) -> None:
+    store = EpisodeStore(tmp_path / "replay", durable=False)
+    good = store.append(make_episode(20, seed=1, cameras=())).episode_id
+    narrow = store.append(make_episode(20, seed=2, cameras=(), state_dim=5)).episode_id
+    unknown_task = store.append(make_episode(20, seed=3, cameras=(), task="made-up-v1")).episode_id
+    features = PolicyFeatures(state_dim=39, action_dim=4, tasks=("reach-v3",))
+    replay = Replay(
+        store, ReplayConfig(), SamplerSettings(autonomous_frame_weight=1.0), 2, 16, features=features
+    )
+    assert replay.sampler.num_episodes == 1 and replay.num_quarantined == 2
+    assert {e.original_name for e in store.quarantined()} == {narrow, unknown_task}
+    batch = replay.sample(16, np.random.default_rng(0))
+    assert batch is not None and set(batch["episode_id"]) == {good}
+
+
+def test_replay_returns_nothing_when_its_last_episode_stops_reading(tmp_path: Path) -> None:
+    store = EpisodeStore(tmp_path / "replay", durable=False)
+    only = store.append(make_episode(20, seed=3, source=Source.OFFLINE)).episode_id
+    replay = Replay(store, ReplayConfig(), SamplerSettings(), 2, 16, cameras=("top",))
+    assert replay.sample(4, np.random.default_rng(0)) is not None
+    for chunk in (tmp_path / "replay" / "episodes" / only / "observation.images.top").glob("c.*"):
+        chunk.write_bytes(b"\x00garbage" * 8)  # a damaged disk, after the episode was indexed
+    assert replay.sample(4, np.random.default_rng(1)) is None
+    assert replay.num_quarantined == 1 and [e.original_name for e in store.quarantined()] == [only]

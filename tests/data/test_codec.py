@@ -163,8 +163,22 @@ def _encoded_with(mutate) -> bytes:  # type: ignore[no-untyped-def]
         (lambda r: r.steps[ACTION].shape.__setitem__(0, 7), ACTION, "bytes"),
         (
             lambda r: r.steps["observation.weird"].CopyFrom(encode_tensor(np.zeros(6, np.float32))),
-            "observation.weird",
+            "'observation.weird'",  # a key the client made up is named quoted (safe_logging.client_str)
             "schema",
+        ),
+        (
+            lambda r: r.steps["observation.images.x/../../../../outside"].CopyFrom(
+                encode_tensor(np.zeros((6, 8, 8, 3), np.uint8))
+            ),
+            "'observation.images.x/../../../../outside'",
+            "camera name",
+        ),
+        (
+            lambda r: r.steps["observation.images.top\n"].CopyFrom(
+                encode_tensor(np.zeros((6, 8, 8, 3), np.uint8))
+            ),
+            "'observation.images.top\\u000a'",  # control characters escaped, never raw in a message
+            "camera name",
         ),
         (lambda r: setattr(r, "outcome", "won"), "outcome", "not one of"),
         (lambda r: setattr(r, "source", ""), "source", "not one of"),

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sop.data.episode_store import EpisodeStore
+from sop.data.episode_store import EpisodeInfo, EpisodeStore
 from sop.data.synthetic_episodes import make_episode
 from sop.data.window_sampler import WindowSampler
 from sop.episode import ACTION, STATE, Source
@@ -136,3 +136,65 @@ def test_episodes_of_different_shapes_are_refused(store: EpisodeStore) -> None:
         WindowSampler(store, 1, 1)
     with pytest.raises(ValueError, match="action_horizon"):
         WindowSampler(store, 2, 1, tasks=[])
+
+
+def corrupt_chunks(store: EpisodeStore, episode_id: str, key: str) -> None:
+    """Overwrite every chunk of one array with bytes Blosc cannot decode (a damaged disk)."""
+    for chunk in (store.root / "episodes" / episode_id / key).glob("c.*"):
+        chunk.write_bytes(b"\x00garbage" * 8)
+
+
+def test_unusable_episodes_are_quarantined_and_the_rest_sampled(store: EpisodeStore) -> None:
+    good = [store.append(make_episode(10, seed=i, started_at=1e9 + i)).episode_id for i in range(2)]
+    narrow = store.append(make_episode(10, seed=3, state_dim=5, started_at=2e9)).episode_id
+    no_camera = store.append(make_episode(10, seed=4, cameras=("side",), started_at=2e9 + 1)).episode_id
+    damaged = store.append(make_episode(10, seed=5, started_at=2e9 + 2)).episode_id
+    corrupt_chunks(store, damaged, "observation.images.top")
+    refused_task = store.append(make_episode(10, seed=6, task="made-up-v1", started_at=2e9 + 3)).episode_id
+
+    def known_tasks_only(info: EpisodeInfo) -> None:
+        if info.task != "reach-v3":
+            raise ValueError(f"task: {info.task!r} is not one the policy knows")
+
+    sampler = WindowSampler(
+        store,
+        2,
+        4,
+        image_keys=["top"],
+        episode_check=known_tasks_only,
+        on_unusable="quarantine",
+    )
+    assert sampler.num_episodes == 2 and sampler.num_quarantined == 4
+    reasons = {entry.original_name: entry.reason for entry in store.quarantined()}
+    assert set(reasons) == {narrow, no_camera, damaged, refused_task}
+    assert "observation.state" in reasons[narrow] and "one shape" in reasons[narrow]
+    assert "no such camera" in reasons[no_camera]
+    assert "decompression" in reasons[damaged]
+    assert "made-up-v1" in reasons[refused_task]
+    assert {episode_id for episode_id, _ in sampler.recently_quarantined} == set(reasons)
+    batch = sampler.sample(64, np.random.default_rng(0))
+    assert set(batch["episode_id"]) == set(good)
+    assert sorted(i.episode_id for i in store.list()) == sorted(good)
+    assert sampler.refresh() == 0 and sampler.num_quarantined == 4
+
+
+def test_an_episode_whose_images_break_while_sampling_is_dropped(store: EpisodeStore) -> None:
+    good = store.append(make_episode(10, seed=1, started_at=1e9)).episode_id
+    breaks = store.append(make_episode(10, seed=2, started_at=2e9)).episode_id
+    sampler = WindowSampler(store, 2, 4, image_keys=["top"], on_unusable="quarantine")
+    assert sampler.num_episodes == 2
+    corrupt_chunks(store, breaks, "observation.images.top")
+    for seed in range(3):
+        batch = sampler.sample(32, np.random.default_rng(seed))
+        assert set(batch["episode_id"]) == {good}
+    assert sampler.num_quarantined == 1 and [e.original_name for e in store.quarantined()] == [breaks]
+    assert sampler.num_frames() == 10
+
+
+def test_by_default_an_unusable_episode_raises_and_nothing_is_moved(store: EpisodeStore) -> None:
+    store.append(make_episode(10, seed=1, started_at=1e9))
+    damaged = store.append(make_episode(10, seed=2, started_at=2e9)).episode_id
+    corrupt_chunks(store, damaged, "observation.images.top")
+    with pytest.raises(RuntimeError, match="decompression"):
+        WindowSampler(store, 2, 4, image_keys=["top"])
+    assert store.quarantined() == [] and damaged in store
