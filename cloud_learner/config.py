@@ -11,10 +11,12 @@ Everything the learner writes lives under `run_dir` so that a restart with the s
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloud_learner.algorithms import AlgorithmConfig, HGDaggerConfig
+from cloud_learner.stream_limits import StreamLimitsConfig
 
 MIB = 1 << 20
 
@@ -25,9 +27,21 @@ def _positive(owner: str, **values: float | int) -> None:
             raise ValueError(f"{owner}.{name} must be positive, got {value}")
 
 
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 and localhost: addresses no other machine can connect to."""
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class TlsConfig:
-    """Server TLS. Both files set: TLS on; both empty: plaintext (only sensible on a trusted network)."""
+    """Server TLS. Both files set: TLS on; both empty: plaintext (refused on a non-loopback address unless
+    server.insecure). `sop fleet init` creates all three files."""
 
     cert_file: str | None = None
     key_file: str | None = None
@@ -72,14 +86,29 @@ class ServerConfig:
     max_stream_lifetime_s: float = 3600.0
     # How often robots should call Heartbeat (sent to them in RegisterResponse).
     heartbeat_interval_s: float = 5.0
-    # On stop, running calls get this long to finish before they are cancelled.
+    # On stop, running calls get this long to finish before they are cancelled. `sop learner serve` exits
+    # within shutdown_grace_s + 10 s of SIGTERM whatever clients do; a second signal ends it at once.
     shutdown_grace_s: float = 2.0
+    # Concurrent streams one robot may hold, per kind (watch, upload, fetch, operator); see stream_limits.py.
+    stream_limits: StreamLimitsConfig = field(default_factory=StreamLimitsConfig)
+    # Threads streams may never take, so Register, Heartbeat and QueryUpload are always served.
+    unary_reserve_workers: int = 16
     tls: TlsConfig = field(default_factory=TlsConfig)
+    # Serve plaintext on an address other machines can reach. Off: a non-loopback address without
+    # server.tls is refused at start, because tokens, episodes and checkpoints would cross the network in
+    # clear. Set it only on a network you trust end to end (or behind a TLS-terminating proxy).
+    insecure: bool = False
 
     def __post_init__(self) -> None:
         host, sep, port = self.address.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"server.address must be host:port, got {self.address!r}")
+        if not self.tls.enabled and not self.insecure and not is_loopback_host(host):
+            raise ValueError(
+                f"server.address {self.address!r} is reachable from other machines but server.tls is not "
+                "configured: set server.tls.cert_file, key_file and client_ca_file (`sop fleet init` creates "
+                "them), or set server.insecure=true to serve plaintext on a network you trust"
+            )
         _positive(
             "server",
             max_workers=self.max_workers,
@@ -93,6 +122,16 @@ class ServerConfig:
         )
         if self.shutdown_grace_s < 0:
             raise ValueError(f"server.shutdown_grace_s must be >= 0, got {self.shutdown_grace_s}")
+        if not 1 <= self.unary_reserve_workers < self.max_workers:
+            raise ValueError(
+                f"server.unary_reserve_workers must be in [1, server.max_workers - 1 = {self.max_workers - 1}], "
+                f"got {self.unary_reserve_workers}"
+            )
+
+    @property
+    def max_streams(self) -> int:
+        """Streams (of all robots) that may run at once: the worker threads not reserved for unary calls."""
+        return self.max_workers - self.unary_reserve_workers
 
 
 @dataclass(frozen=True)
@@ -129,21 +168,52 @@ class IngestConfig:
     commit_workers: int = 4
     # fsync every committed episode before the receipt goes out (off only for benchmarks of the wire).
     durable: bool = True
-    # Chunks of a cut upload are kept this long for the robot to resume, then discarded.
-    staging_max_age_s: float = 7 * 24 * 3600.0
+    # Every chunk but the last must carry at least this much (robots send max_chunk_bytes-sized chunks);
+    # 1-byte chunks would cost a message, a dict entry and a staged file per byte.
+    min_chunk_bytes: int = 64 * 1024
+    # Bytes one robot may hold in unfinished uploads: staged on disk plus received by its running streams.
+    # A chunk beyond it cuts the upload with RESOURCE_EXHAUSTED (what came so far stays staged). At least
+    # max_episode_bytes, so that any one episode fits.
+    max_staged_bytes_per_robot: int = 1024 * MIB
+    # One upload stream may run this long; then it is cut with RESOURCE_EXHAUSTED, its chunks are staged
+    # and the robot resumes in a new stream. Checked as chunks arrive: a silent stream is cut sooner by
+    # server.stream_idle_timeout_s.
+    max_upload_s: float = 600.0
+    # After upload_rate_grace_s, a stream bringing fewer bytes per second than this (averaged since it
+    # started) is cut the same way: a trickle must not hold an upload slot for its whole lifetime.
+    min_upload_bytes_per_s: float = 16 * 1024
+    upload_rate_grace_s: float = 30.0
+    # Staged chunks of an upload nobody touched for this long (robot gone, episode evicted from its spool)
+    # are removed, checked every staging_prune_interval_s by a background thread.
+    staging_abandoned_after_s: float = 3600.0
+    staging_prune_interval_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not 0 < self.max_chunk_bytes <= MIB:
             raise ValueError(f"ingest.max_chunk_bytes must be in 1..{MIB}, got {self.max_chunk_bytes}")
+        if not 0 < self.min_chunk_bytes <= self.max_chunk_bytes:
+            raise ValueError(
+                f"ingest.min_chunk_bytes must be in 1..ingest.max_chunk_bytes ({self.max_chunk_bytes}), "
+                f"got {self.min_chunk_bytes}"
+            )
         if self.max_episode_bytes < self.max_chunk_bytes:
             raise ValueError("ingest.max_episode_bytes must be at least ingest.max_chunk_bytes")
         if self.max_pending_bytes < self.max_episode_bytes:
             raise ValueError("ingest.max_pending_bytes must be at least ingest.max_episode_bytes")
+        if self.max_staged_bytes_per_robot < self.max_episode_bytes:
+            raise ValueError(
+                "ingest.max_staged_bytes_per_robot must be at least ingest.max_episode_bytes "
+                f"({self.max_episode_bytes}), or an episode that size could never be uploaded"
+            )
+        if self.min_upload_bytes_per_s < 0 or self.upload_rate_grace_s < 0:
+            raise ValueError("ingest.min_upload_bytes_per_s and ingest.upload_rate_grace_s must be >= 0")
         _positive(
             "ingest",
             max_pending_uploads=self.max_pending_uploads,
             commit_workers=self.commit_workers,
-            staging_max_age_s=self.staging_max_age_s,
+            max_upload_s=self.max_upload_s,
+            staging_abandoned_after_s=self.staging_abandoned_after_s,
+            staging_prune_interval_s=self.staging_prune_interval_s,
         )
 
 
@@ -192,6 +262,9 @@ class TrainerConfig:
     publish_every_steps: int = 25
     # Published checkpoints kept on disk; older ones are deleted.
     keep_last: int = 5
+    # Ed25519 private key (PEM, `sop fleet init` writes learner/checkpoint_signing.key) that signs every
+    # announced checkpoint; robots holding its public half refuse checkpoints it did not sign. None: unsigned.
+    signing_key_file: str | None = None
     log_every_steps: int = 25
     # Stop after this many steps (None: train until the learner stops).
     max_steps: int | None = None
@@ -216,6 +289,8 @@ class TrainerConfig:
             raise ValueError(f"trainer.max_steps must be >= 0 or null, got {self.max_steps}")
         if self.base_checkpoint is not None and not Path(self.base_checkpoint).exists():
             raise ValueError(f"trainer.base_checkpoint: {self.base_checkpoint} does not exist")
+        if self.signing_key_file is not None and not Path(self.signing_key_file).is_file():
+            raise ValueError(f"trainer.signing_key_file: {self.signing_key_file} is not a file")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,10 @@ message for the rest of that piece (a memoryview slice of the blob), then the pr
 
 Watchers wait on one condition variable with a timeout and re-check that their call is still active, so a
 robot that disappears frees its thread within `watch_check_interval_s`.
+
+With a signing key (`trainer.signing_key_file`) every announcement carries the learner's Ed25519 signature
+over the checkpoint's version, parent, sha256 and size (`sop.fleet_trust`), made once per version and kept
+with its prepared bytes; robots holding the public key refuse a checkpoint without it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from cloud_learner.checkpoint_store import (
     read_checkpoint_blob,
 )
 from sop.checkpoint import CheckpointError
+from sop.fleet_trust import CheckpointSigner
 from sop.v1 import fleet_pb2
 
 logger = logging.getLogger(__name__)
@@ -43,13 +48,22 @@ class FetchOffsetError(ValueError):
     """A fetch offset beyond the end of the blob."""
 
 
-def announcement_for(record: CheckpointRecord) -> fleet_pb2.PolicyAnnouncement:
+def announcement_for(
+    record: CheckpointRecord, signer: CheckpointSigner | None = None
+) -> fleet_pb2.PolicyAnnouncement:
+    """The announcement of `record`, signed when the learner has a signing key."""
+    signature = (
+        b""
+        if signer is None
+        else signer.sign(record.version, record.parent_version, record.sha256, record.size_bytes)
+    )
     return fleet_pb2.PolicyAnnouncement(
         version=record.version,
         parent_version=record.parent_version,
         sha256=record.sha256,
         size_bytes=record.size_bytes,
         created_at=record.created_at,
+        signature=signature,
     )
 
 
@@ -105,8 +119,13 @@ class PreparedCheckpoint:
 class Publisher:
     """The newest published version, its watchers, and the prepared bytes of recent versions."""
 
-    def __init__(self, store: CheckpointStore, cache_versions: int = 2) -> None:
+    def __init__(
+        self, store: CheckpointStore, cache_versions: int = 2, signer: CheckpointSigner | None = None
+    ) -> None:
         self.store = store
+        self.signer = signer
+        # The announcement of the newest version, signed once (not once per watching robot).
+        self._announcement: fleet_pb2.PolicyAnnouncement | None = None
         self.cache_versions = max(1, cache_versions)
         self._cache: OrderedDict[int, PreparedCheckpoint] = OrderedDict()
         self._cache_lock = threading.Lock()
@@ -123,6 +142,7 @@ class Publisher:
                 latest = store.latest()
                 continue
             self._latest = latest
+            self._announcement = announcement_for(latest, signer)
             break
 
     @property
@@ -149,15 +169,18 @@ class Publisher:
     def announce(self, record: CheckpointRecord, blob: bytes | None = None) -> None:
         """Make `record` (already durable in the store) the newest version and wake every watcher."""
         self._prepare(record, blob)
+        announcement = announcement_for(record, self.signer)
         with self._condition:
             if self._latest is None or record.version > self._latest.version:
                 self._latest = record
+                self._announcement = announcement
             self._condition.notify_all()
         logger.info(
-            "published checkpoint v%d (%d bytes, sha256 %s)",
+            "published checkpoint v%d (%d bytes, sha256 %s, %s)",
             record.version,
             record.size_bytes,
             record.sha256[:12],
+            "signed" if announcement.signature else "unsigned",
         )
 
     def publish_base(self, path: str | Path) -> CheckpointRecord | None:
@@ -199,8 +222,8 @@ class Publisher:
                     self._condition.wait(timeout=min(check_interval_s, remaining))
                 if self._closed:
                     return
-                latest = self._latest
-            assert latest is not None
+                latest, announcement = self._latest, self._announcement
+            assert latest is not None and announcement is not None
             if sent is None and latest.version < current_version:
                 logger.warning(
                     "a robot runs v%d, newer than the learner's newest v%d; announcing v%d",
@@ -209,7 +232,7 @@ class Publisher:
                     latest.version,
                 )
             sent = latest.version
-            yield announcement_for(latest)
+            yield announcement
 
     def prepared(self, version: int) -> PreparedCheckpoint:
         """The prepared bytes of `version` (0: the newest). CheckpointNotFoundError if not held."""

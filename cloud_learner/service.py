@@ -21,10 +21,11 @@ only has to cover the robots actually connected.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
-import signal
+import re
 import sys
 import threading
 import time
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from cloud_learner.auth import RobotAuthInterceptor, authenticated_robot_id
+from cloud_learner.auth import RobotAuthInterceptor, authenticated_robot_id, authenticated_role, require_role
 from cloud_learner.checkpoint_store import CheckpointStore
 from cloud_learner.config import LearnerConfig
 from cloud_learner.ingest import Ingest, IngestError, UploadStaging
@@ -45,21 +46,36 @@ from cloud_learner.operator_relay import OperatorRelay
 from cloud_learner.publisher import CheckpointNotFoundError, FetchOffsetError, Publisher
 from cloud_learner.replay import import_offline_stores, open_replay_store
 from cloud_learner.roster import FleetRoster
+from cloud_learner.stream_limits import StreamKind, StreamLimiter, StreamLimitExceeded
+from sop.bounded_shutdown import BoundedShutdown
+from sop.checkpoint import read_manifest_from_bytes
 from sop.config import ConfigError, parse_config
-from sop.credentials import TokenRegistry
+from sop.credentials import Role, TokenRegistry
 from sop.episode import Episode
+from sop.fleet_trust import CheckpointSigner
+from sop.policy_features import PolicyFeatures
+from sop.safe_logging import RateLimitedLog, client_str
 from sop.v1 import fleet_pb2, fleet_pb2_grpc, operator_pb2, operator_pb2_grpc
 
 if TYPE_CHECKING:
     from cloud_learner.trainer import Trainer
 
 logger = logging.getLogger(__name__)
+throttled = RateLimitedLog(logger)
 
 FLEET_SERVICE = "sop.v1.Fleet"
 OPERATOR_SERVICE = "sop.v1.Operator"
 ENDPOINT_FILE = "endpoint.json"
 # Protobuf framing around a chunk's payload (episode id, seq, sizes, sha256): generous.
 MESSAGE_OVERHEAD_BYTES = 64 * 1024
+# How long `stop()` waits, beyond the grace period, for cancelled calls to end, and for the trainer's step.
+STOP_CALLS_EXTRA_S = 3.0
+STOP_TRAINER_S = 4.0
+# `sop learner serve` exits at most this long after shutdown_grace_s once signalled.
+EXIT_DEADLINE_EXTRA_S = 10.0
+# Register: what a robot may announce (task and camera names become roster entries and log text).
+MAX_ANNOUNCED_TASKS = 64
+ANNOUNCED_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class FleetServicer(fleet_pb2_grpc.FleetServicer):
@@ -72,15 +88,32 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self, request: fleet_pb2.RegisterRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.RegisterResponse:
         robot_id = authenticated_robot_id(context)
+        require_role(context, Role.ROBOT)
         if request.robot_id != robot_id:
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"robot_id: the request names {request.robot_id!r} but the credentials are robot {robot_id!r}",
             )
+        problems = self.service.capability_problems(request.capabilities)
+        if problems:
+            throttled.warning(
+                "register-refused",
+                "robot %s refused at Register: %s",
+                client_str(robot_id),
+                "; ".join(problems),
+            )
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this robot does not fit the learner's policy: " + "; ".join(problems),
+            )
         status = self.service.roster.register(robot_id, request.capabilities)
         latest = self.service.publisher.latest
         config = self.service.config
-        logger.info("robot %s registered (tasks %s)", robot_id, ",".join(status.tasks) or "-")
+        logger.info(
+            "robot %s registered (tasks %s)",
+            client_str(robot_id),
+            ",".join(client_str(t) for t in status.tasks) or "-",
+        )
         return fleet_pb2.RegisterResponse(
             session_id=status.session_id,
             current_policy_version=0 if latest is None else latest.version,
@@ -93,7 +126,10 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self, request_iterator: Iterator[fleet_pb2.EpisodeChunk], context: grpc.ServicerContext
     ) -> fleet_pb2.UploadReceipt:
         robot_id = authenticated_robot_id(context)
-        with self.service.watchdog.watch(context, f"upload from {robot_id}") as watched:
+        with (
+            self.service.admit_stream(robot_id, StreamKind.UPLOAD, context),
+            self.service.watchdog.watch(context, f"upload from {client_str(robot_id)}") as watched,
+        ):
 
             def chunks() -> Iterator[fleet_pb2.EpisodeChunk]:
                 for chunk in request_iterator:
@@ -101,10 +137,17 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                     yield chunk
 
             try:
-                return self.service.ingest.receive(robot_id, chunks(), on_received=watched.pause)
+                return self.service.ingest.receive(
+                    robot_id, chunks(), on_received=watched.pause, role=authenticated_role(context)
+                )
             except IngestError as exc:
                 if exc.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    logger.warning("upload from %s refused: %s", robot_id, exc.message)
+                    throttled.warning(
+                        f"upload-refused-{exc.code.name}",
+                        "upload from %s refused: %s",
+                        client_str(robot_id),
+                        exc.message,
+                    )
                 context.abort(exc.code, exc.message)
             except grpc.RpcError:
                 # The call was cancelled (robot gone or idle timeout); its chunks were staged for a resume.
@@ -115,6 +158,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self, request: fleet_pb2.QueryUploadRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.QueryUploadResponse:
         robot_id = authenticated_robot_id(context)
+        require_role(context, Role.ROBOT, Role.DEMONSTRATOR)
         try:
             return self.service.ingest.query(robot_id, request.episode_id)
         except IngestError as exc:
@@ -124,27 +168,33 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     def WatchPolicy(
         self, request: fleet_pb2.WatchPolicyRequest, context: grpc.ServicerContext
     ) -> Iterator[fleet_pb2.PolicyAnnouncement]:
-        authenticated_robot_id(context)
+        robot_id = authenticated_robot_id(context)
+        require_role(context, Role.ROBOT)
         server = self.service.config.server
-        yield from self.service.publisher.watch(
-            request.current_version,
-            context.is_active,
-            check_interval_s=server.watch_check_interval_s,
-            max_lifetime_s=server.max_stream_lifetime_s,
-        )
+        with self.service.admit_stream(robot_id, StreamKind.WATCH, context):
+            yield from self.service.publisher.watch(
+                request.current_version,
+                context.is_active,
+                check_interval_s=server.watch_check_interval_s,
+                max_lifetime_s=server.max_stream_lifetime_s,
+            )
 
     def FetchCheckpoint(
         self, request: fleet_pb2.FetchCheckpointRequest, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
         """Yields pre-serialized CheckpointChunk messages (see `publisher.py`)."""
         robot_id = authenticated_robot_id(context)
+        require_role(context, Role.ROBOT)
         try:
             frames = self.service.publisher.fetch_frames(request.version, request.offset)
         except CheckpointNotFoundError as exc:
             context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
         except FetchOffsetError as exc:
             context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
-        with self.service.watchdog.watch(context, f"checkpoint fetch by {robot_id}") as watched:
+        with (
+            self.service.admit_stream(robot_id, StreamKind.FETCH, context),
+            self.service.watchdog.watch(context, f"checkpoint fetch by {client_str(robot_id)}") as watched,
+        ):
             for frame in frames:
                 if not context.is_active():
                     return
@@ -155,6 +205,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self, request: fleet_pb2.HeartbeatRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.HeartbeatResponse:
         robot_id = authenticated_robot_id(context)
+        require_role(context, Role.ROBOT)
         if request.robot_id and request.robot_id != robot_id:
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, f"robot_id: {request.robot_id!r} is not the caller"
@@ -221,8 +272,12 @@ class OperatorServicer(operator_pb2_grpc.OperatorServicer):
         self, request_iterator: Iterator[operator_pb2.RobotTelemetry], context: grpc.ServicerContext
     ) -> Iterator[operator_pb2.OperatorCommand]:
         robot_id = authenticated_robot_id(context)
+        require_role(context, Role.ROBOT)
         server = self.service.config.server
-        with self.service.watchdog.watch(context, f"operator session of {robot_id}") as watched:
+        with (
+            self.service.admit_stream(robot_id, StreamKind.OPERATOR, context),
+            self.service.watchdog.watch(context, f"operator session of {client_str(robot_id)}") as watched,
+        ):
             yield from self.service.relay.session(
                 robot_id,
                 request_iterator,
@@ -271,6 +326,7 @@ class LearnerService:
         self._server: grpc.Server | None = None
         self._health: health.HealthServicer | None = None
         self._stopped = threading.Event()
+        self.features: PolicyFeatures | None = None
 
     def start(self) -> int:
         """Open run_dir (resuming whatever is there), start serving and training; returns the bound port."""
@@ -289,19 +345,34 @@ class LearnerService:
             logger.info("imported %d offline demonstrations into %s", imported, config.replay_dir)
         self.checkpoints = CheckpointStore(config.checkpoint_dir, keep_last=config.trainer.keep_last)
         self.checkpoints.remove_leftover_temporaries()
-        self.publisher = Publisher(self.checkpoints)
-        self.staging = UploadStaging(
-            config.staging_dir, config.ingest.max_chunk_bytes, config.ingest.max_episode_bytes
+        signing_key = config.trainer.signing_key_file
+        self.publisher = Publisher(
+            self.checkpoints, signer=CheckpointSigner.from_file(signing_key) if signing_key else None
         )
-        self.ingest = Ingest(config.ingest, self.store, self.staging, on_commit=self._on_commit)
+        self.staging = UploadStaging(
+            config.staging_dir,
+            config.ingest.max_chunk_bytes,
+            config.ingest.max_episode_bytes,
+            min_chunk_bytes=config.ingest.min_chunk_bytes,
+        )
+        self.ingest = Ingest(
+            config.ingest,
+            self.store,
+            self.staging,
+            on_commit=self._on_commit,
+            replay_tasks=config.replay.tasks,
+        )
         self.relay = OperatorRelay()
         self.roster = FleetRoster()
         self.watchdog = StreamWatchdog(config.server.stream_idle_timeout_s)
+        self.streams = StreamLimiter(config.server.stream_limits, config.server.max_streams)
         self.auth = RobotAuthInterceptor(registry)
 
         if config.trainer.base_checkpoint is not None:
             # First run: robots get the base policy (as v1) from their first WatchPolicy on.
             self.publisher.publish_base(config.trainer.base_checkpoint)
+        self.features = self._served_policy_features()
+        self.ingest.set_features(self.features)
         if config.trainer.enabled:
             from cloud_learner.trainer import Trainer  # torch and the policy code load only here
 
@@ -347,6 +418,62 @@ class LearnerService:
         )
         return port
 
+    def _served_policy_features(self) -> PolicyFeatures | None:
+        """The features of the policy the learner serves (None before any checkpoint is published)."""
+        latest = self.publisher.latest
+        if latest is None:
+            return None
+        blob = self.publisher.prepared(latest.version).blob
+        manifest = read_manifest_from_bytes(blob, source=f"checkpoint v{latest.version}")
+        return PolicyFeatures.from_policy_config(manifest.policy_config)
+
+    def capability_problems(self, capabilities: fleet_pb2.RobotCapabilities) -> list[str]:
+        """Why a robot announcing `capabilities` cannot join (empty: it can). Names are checked before any
+        of them reaches the roster or a log."""
+        problems: list[str] = []
+        if len(capabilities.tasks) > MAX_ANNOUNCED_TASKS:
+            problems.append(f"tasks: {len(capabilities.tasks)} announced, at most {MAX_ANNOUNCED_TASKS}")
+        bad_names = [
+            name
+            for name in [*capabilities.tasks, *capabilities.cameras]
+            if not ANNOUNCED_NAME.fullmatch(name)
+        ]
+        if bad_names:
+            problems.append(
+                f"{client_str(bad_names[0])} is not a task or camera name (letters, digits, '_', '-', '.'; "
+                "1 to 64 characters)"
+            )
+        if len(capabilities.client_version) > 64:
+            problems.append("client_version: longer than 64 characters")
+        features = self.ingest.features  # with the learner's task set, as uploads are checked
+        if problems or features is None:
+            return problems
+        return features.capability_problems(
+            tasks=list(capabilities.tasks),
+            state_dim=int(capabilities.state_dim),
+            action_dim=int(capabilities.action_dim),
+            cameras=list(capabilities.cameras),
+        )
+
+    @contextlib.contextmanager
+    def admit_stream(self, robot_id: str, kind: StreamKind, context: grpc.ServicerContext) -> Iterator[None]:
+        """Run the body holding one of `robot_id`'s `kind` stream slots; RESOURCE_EXHAUSTED when none is free."""
+        try:
+            self.streams.acquire(robot_id, kind)
+        except StreamLimitExceeded as exc:
+            throttled.warning(
+                f"stream-limit-{kind.value}",
+                "refused a %s stream of robot %s: %s",
+                kind.value,
+                client_str(robot_id),
+                exc,
+            )
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        try:
+            yield
+        finally:
+            self.streams.release(robot_id, kind)
+
     def _write_endpoint(self, port: int) -> None:
         """`run_dir/endpoint.json` tells harnesses where the learner listens (port 0 picks one)."""
         host = self.config.server.address.rpartition(":")[0]
@@ -360,7 +487,9 @@ class LearnerService:
             self.trainer.notify_new_episode(episode)
 
     def stop(self, grace_s: float | None = None) -> None:
-        """Stop serving (running calls get `grace_s`), stop the trainer, finish pending commits."""
+        """Stop serving (running calls get `grace_s`, then they are cancelled), stop the trainer, finish
+        pending commits. Each step is bounded, so this returns within about grace_s + 10 s even when a call
+        handler is stuck where no cancellation reaches it (the process-level bound is `BoundedShutdown`)."""
         if self._server is None:
             return
         grace = self.config.server.shutdown_grace_s if grace_s is None else grace_s
@@ -368,9 +497,14 @@ class LearnerService:
             self._health.enter_graceful_shutdown()
         self.publisher.close()
         self.relay.close()
-        self._server.stop(grace).wait()
+        if not self._server.stop(grace).wait(timeout=grace + STOP_CALLS_EXTRA_S):
+            logger.warning(
+                "calls still running %.0f s after the grace period (%d streams); stopping without them",
+                STOP_CALLS_EXTRA_S,
+                self.streams.open_streams(),
+            )
         if self.trainer is not None:
-            self.trainer.stop()
+            self.trainer.stop(timeout_s=STOP_TRAINER_S)
         self.ingest.stop()
         self.watchdog.stop()
         self._server = None
@@ -407,11 +541,9 @@ def main(argv: list[str]) -> int:
         return 1
     print(f"learner listening on port {port}", flush=True)
 
-    def request_stop(signum: int, _frame: object) -> None:
-        logger.info("signal %d: stopping", signum)
-        threading.Thread(target=service.stop, name="stop", daemon=True).start()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    shutdown = BoundedShutdown(
+        service.stop, deadline_s=config.server.shutdown_grace_s + EXIT_DEADLINE_EXTRA_S, name="learner"
+    )
+    shutdown.install()
     service.wait()
     return 0

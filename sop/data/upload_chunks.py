@@ -10,14 +10,19 @@ Public API:
     MAX_CHUNK_BYTES = 1 << 20
     sha256_hex(data) -> str
     split_into_chunks(episode_id, payload, max_chunk_bytes=MAX_CHUNK_BYTES) -> list[fleet_pb2.EpisodeChunk]
-    ChunkSet(episode_id=None, *, max_chunk_bytes=MAX_CHUNK_BYTES, max_total_bytes=DEFAULT_MAX_EPISODE_BYTES)
+    ChunkSet(episode_id=None, *, max_chunk_bytes=MAX_CHUNK_BYTES, max_total_bytes=DEFAULT_MAX_EPISODE_BYTES,
+             min_chunk_bytes=1)
         .add(chunk) -> bool        True when new, False for an identical resend; CodecError otherwise
+        seq in chunk_set           whether chunk `seq` is held
         .missing() -> list[int]    chunk indices not yet received
         .received_seqs() -> list[int]
         .complete -> bool
         .assemble() -> bytes       checks total_bytes and sha256 (CodecError on mismatch)
 
 A `ChunkSet.add` that raises leaves the set unchanged.
+
+`min_chunk_bytes` is a floor on every chunk but the last: without it a peer could announce a 512 MiB episode in
+512 Mi one-byte chunks, and every chunk costs a message, a dict entry and (when staged) a file.
 """
 
 from __future__ import annotations
@@ -78,10 +83,14 @@ class ChunkSet:
         *,
         max_chunk_bytes: int = MAX_CHUNK_BYTES,
         max_total_bytes: int = DEFAULT_MAX_EPISODE_BYTES,
+        min_chunk_bytes: int = 1,
     ) -> None:
+        if not 0 < min_chunk_bytes <= max_chunk_bytes:
+            raise ValueError(f"min_chunk_bytes must be in 1..{max_chunk_bytes}, got {min_chunk_bytes}")
         self.episode_id = episode_id
         self.max_chunk_bytes = max_chunk_bytes
         self.max_total_bytes = max_total_bytes
+        self.min_chunk_bytes = min_chunk_bytes
         self.total_chunks: int | None = None
         self.total_bytes: int | None = None
         self.sha256: str | None = None
@@ -103,11 +112,12 @@ class ChunkSet:
             if total_bytes > self.max_total_bytes:
                 raise CodecError("total_bytes", f"{total_bytes} exceed the cap of {self.max_total_bytes}")
             least = math.ceil(total_bytes / self.max_chunk_bytes)
-            if not least <= total_chunks <= total_bytes:
+            most = math.ceil(total_bytes / self.min_chunk_bytes)
+            if not least <= total_chunks <= most:
                 raise CodecError(
                     "total_chunks",
-                    f"{total_chunks} chunks cannot carry {total_bytes} bytes "
-                    f"(need {least}..{total_bytes} chunks of at most {self.max_chunk_bytes} bytes)",
+                    f"{total_chunks} chunks cannot carry {total_bytes} bytes (need {least}..{most} chunks of "
+                    f"{self.min_chunk_bytes}..{self.max_chunk_bytes} bytes, the last one may be smaller)",
                 )
         else:
             if total_chunks != self.total_chunks:
@@ -125,6 +135,12 @@ class ChunkSet:
             raise CodecError("payload", f"{size} bytes exceed the chunk cap of {self.max_chunk_bytes}")
         if size == 0:
             raise CodecError("payload", f"chunk {seq} is empty")
+        if size < self.min_chunk_bytes and seq != total_chunks - 1:
+            raise CodecError(
+                "payload",
+                f"chunk {seq} holds {size} bytes, below the minimum chunk size of {self.min_chunk_bytes} "
+                "(only the last chunk may be smaller)",
+            )
         if chunk.sha256:
             if not _SHA256_HEX.fullmatch(chunk.sha256):
                 raise CodecError("sha256", f"{chunk.sha256[:80]!r} is not a lower-case hex sha256")
@@ -156,6 +172,9 @@ class ChunkSet:
         self._payloads[int(chunk.seq)] = chunk.payload
         self._received_bytes += len(chunk.payload)
         return True
+
+    def __contains__(self, seq: object) -> bool:
+        return seq in self._payloads
 
     def received_seqs(self) -> list[int]:
         return sorted(self._payloads)

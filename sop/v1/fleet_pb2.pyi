@@ -98,18 +98,20 @@ class WatchPolicyRequest(_message.Message):
     def __init__(self, robot_id: _Optional[str] = ..., current_version: _Optional[int] = ...) -> None: ...
 
 class PolicyAnnouncement(_message.Message):
-    __slots__ = ("version", "parent_version", "sha256", "size_bytes", "created_at")
+    __slots__ = ("version", "parent_version", "sha256", "size_bytes", "created_at", "signature")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PARENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     version: int
     parent_version: int
     sha256: str
     size_bytes: int
     created_at: float
-    def __init__(self, version: _Optional[int] = ..., parent_version: _Optional[int] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., created_at: _Optional[float] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, version: _Optional[int] = ..., parent_version: _Optional[int] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., created_at: _Optional[float] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class FetchCheckpointRequest(_message.Message):
     __slots__ = ("version", "offset")

@@ -19,13 +19,17 @@ import torch
 from cloud_learner.config import AuthConfig, IngestConfig, LearnerConfig, ServerConfig, TrainerConfig
 from cloud_learner.service import LearnerService
 from sop.checkpoint import build_checkpoint, checkpoint_to_bytes
-from sop.credentials import TokenRegistry, call_metadata
+from sop.credentials import Role, TokenRegistry, call_metadata
 from sop.data.codec import encode_episode
 from sop.data.upload_chunks import split_into_chunks
 from sop.episode import Episode
 from sop.v1 import fleet_pb2, fleet_pb2_grpc, operator_pb2_grpc
 
 ROBOTS = {f"robot-{i}": f"token-of-robot-{i}" for i in range(1, 5)}
+# Tokens of the other roles (sop.credentials.Role), in the same token-hash file.
+DEMONSTRATORS = {"teleop-station": "token-of-teleop-station"}
+OPERATORS = {"operator-1": "token-of-operator-1"}
+TOKENS = {**ROBOTS, **DEMONSTRATORS, **OPERATORS}
 
 
 @pytest.fixture
@@ -33,6 +37,10 @@ def token_hashes_file(tmp_path: Path) -> Path:
     registry = TokenRegistry({})
     for robot_id, token in ROBOTS.items():
         registry.add(robot_id, token)
+    for robot_id, token in DEMONSTRATORS.items():
+        registry.add(robot_id, token, Role.DEMONSTRATOR)
+    for robot_id, token in OPERATORS.items():
+        registry.add(robot_id, token, Role.OPERATOR)
     path = tmp_path / "token_hashes.json"
     registry.write(path)
     return path
@@ -104,7 +112,7 @@ def start_learner(tmp_path: Path, token_hashes_file: Path) -> Iterator[Callable[
 
 
 def auth(robot_id: str = "robot-1") -> tuple[tuple[str, str], ...]:
-    return call_metadata(robot_id, ROBOTS[robot_id])
+    return call_metadata(robot_id, TOKENS[robot_id])
 
 
 def chunks_of(episode: Episode, max_chunk_bytes: int = 1 << 20) -> list[fleet_pb2.EpisodeChunk]:

@@ -61,6 +61,7 @@ def test_kill_9_mid_upload_then_restart_loses_and_duplicates_nothing(
                 "log_level": "WARNING",
                 "server": {"address": "127.0.0.1:0", "shutdown_grace_s": 0.1},
                 "auth": {"token_hashes_file": str(token_hashes_file)},
+                "ingest": {"min_chunk_bytes": 1024},  # the small chunks below resume at finer grain
                 "trainer": {"enabled": False},
             }
         )

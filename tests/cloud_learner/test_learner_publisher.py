@@ -12,8 +12,10 @@ import pytest
 from learner_fixtures import RunningLearner, auth, make_checkpoint_blob
 
 from cloud_learner.checkpoint_store import CheckpointRecord, CheckpointStore
+from cloud_learner.config import TrainerConfig
 from cloud_learner.publisher import PreparedCheckpoint
 from sop.checkpoint import BLOB_NAME, CheckpointError, checkpoint_from_bytes
+from sop.fleet_trust import CheckpointVerifier, SignatureError, create_fleet_trust
 from sop.v1 import fleet_pb2
 
 StartLearner = Callable[..., RunningLearner]
@@ -27,11 +29,13 @@ def publish(learner: RunningLearner, version: int, size: int = 1000) -> bytes:
 
 
 def fetch(
-    learner: RunningLearner, version: int = 0, offset: int = 0
+    learner: RunningLearner, version: int = 0, offset: int = 0, robot_id: str = "robot-1"
 ) -> tuple[bytes, list[fleet_pb2.CheckpointChunk]]:
     chunks = list(
         learner.fleet().FetchCheckpoint(
-            fleet_pb2.FetchCheckpointRequest(version=version, offset=offset), metadata=auth(), timeout=20
+            fleet_pb2.FetchCheckpointRequest(version=version, offset=offset),
+            metadata=auth(robot_id),
+            timeout=20,
         )
     )
     return b"".join(c.data for c in chunks), chunks
@@ -102,6 +106,59 @@ def test_watch_announces_the_newest_at_once_then_each_new_version(start_learner:
     stream.cancel()
 
 
+def test_announcements_are_signed_with_the_learner_key_also_after_a_restart(
+    start_learner: StartLearner, tmp_path: Path
+) -> None:
+    trust = create_fleet_trust(tmp_path / "fleet", ["robot-1"])
+    verifier = CheckpointVerifier.from_file(trust.robots["robot-1"].checkpoint_public_key)
+    learner = start_learner(trainer=TrainerConfig(enabled=False, signing_key_file=str(trust.signing_key)))
+
+    def announced(current_version: int) -> fleet_pb2.PolicyAnnouncement:
+        stream = learner.fleet().WatchPolicy(
+            fleet_pb2.WatchPolicyRequest(robot_id="robot-1", current_version=current_version),
+            metadata=auth(),
+            timeout=20,
+        )
+        announcement: fleet_pb2.PolicyAnnouncement = next(stream)
+        stream.cancel()
+        return announcement
+
+    def verify(announcement: fleet_pb2.PolicyAnnouncement) -> None:
+        verifier.verify(
+            announcement.signature,
+            announcement.version,
+            announcement.parent_version,
+            announcement.sha256,
+            announcement.size_bytes,
+        )
+
+    publish(learner, 1)
+    blob = publish(learner, 2)
+    second = announced(1)
+    assert second.version == 2 and second.sha256 == hashlib.sha256(blob).hexdigest()
+    verify(second)
+    learner.restart()  # the newest version comes back from disk and is announced signed again
+    again = announced(0)
+    assert again.version == 2
+    verify(again)
+    # The signature covers the announced hash: the same signature over other bytes does not verify.
+    forged = fleet_pb2.PolicyAnnouncement()
+    forged.CopyFrom(again)
+    forged.sha256 = hashlib.sha256(b"other bytes").hexdigest()
+    with pytest.raises(SignatureError):
+        verify(forged)
+
+
+def test_announcements_are_unsigned_without_a_signing_key(start_learner: StartLearner) -> None:
+    learner = start_learner()
+    publish(learner, 1)
+    stream = learner.fleet().WatchPolicy(
+        fleet_pb2.WatchPolicyRequest(robot_id="robot-1", current_version=0), metadata=auth(), timeout=20
+    )
+    assert next(stream).signature == b""
+    stream.cancel()
+
+
 def test_watch_streams_end_when_the_learner_stops(start_learner: StartLearner) -> None:
     learner = start_learner()
     publish(learner, 1)
@@ -152,12 +209,13 @@ def test_many_robots_fetch_the_same_checkpoint_at_once(start_learner: StartLearn
     results: list[bytes] = []
     lock = threading.Lock()
 
-    def one() -> None:
-        data, _ = fetch(learner)
+    def one(robot_id: str) -> None:
+        data, _ = fetch(learner, robot_id=robot_id)
         with lock:
             results.append(data)
 
-    threads = [threading.Thread(target=one) for _ in range(8)]
+    # Four robots, two fetches each: as many as `server.stream_limits.fetch` lets one robot hold.
+    threads = [threading.Thread(target=one, args=(f"robot-{1 + i % 4}",)) for i in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -112,3 +112,22 @@ def test_split_rejects_empty_payload_and_oversize_chunks() -> None:
         split_into_chunks(EPISODE_ID, b"")
     with pytest.raises(CodecError, match="max_chunk_bytes"):
         split_into_chunks(EPISODE_ID, b"x", MAX_CHUNK_BYTES + 1)
+
+
+def test_chunks_below_the_minimum_are_refused_except_the_last() -> None:
+    payload = bytes(range(10))
+    received = ChunkSet(EPISODE_ID, max_chunk_bytes=8, min_chunk_bytes=4)
+    small = split_into_chunks(EPISODE_ID, payload, 3)  # 3 + 3 + 3 + 1: below the minimum
+    with pytest.raises(CodecError) as info:
+        received.add(small[0])
+    assert info.value.field == "total_chunks"  # 4 chunks cannot carry 10 bytes in chunks of 4..8
+    same_count = _chunk(seq=0, total_chunks=3, total_bytes=10, payload=b"abc")
+    with pytest.raises(CodecError, match="minimum chunk size of 4") as info:
+        received.add(same_count)
+    assert info.value.field == "payload" and received.received_seqs() == []
+    for chunk in split_into_chunks(EPISODE_ID, payload, 4):  # 4 + 4 + 2: only the last one is smaller
+        assert received.add(chunk)
+    assert received.assemble() == payload
+    assert 2 in received and 3 not in received
+    with pytest.raises(ValueError, match="min_chunk_bytes"):
+        ChunkSet(max_chunk_bytes=4, min_chunk_bytes=5)
