@@ -57,11 +57,31 @@ def _refusal_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMe
     return grpc.unary_unary_rpc_method_handler(refuse)
 
 
-def _handler_with_role(handler: grpc.RpcMethodHandler, role: Role) -> grpc.RpcMethodHandler:
-    """`handler`, recording `role` for the call's context before it runs."""
+def certificate_mismatch(context: grpc.ServicerContext, robot_id: str) -> str | None:
+    """Why the call's client certificate does not belong to `robot_id` (None: it does, or there is none).
+
+    Under mutual TLS every robot presents a certificate whose common name is its robot id (`sop fleet init`
+    issues them so); a robot that presents its own certificate with another robot's token is refused.
+    """
+    names = context.auth_context().get("x509_common_name") or []
+    if not names:
+        return None
+    common_name = names[0].decode("utf-8", "replace") if isinstance(names[0], bytes) else str(names[0])
+    if common_name == robot_id:
+        return None
+    return f"the client certificate is robot {client_str(common_name)}'s, the token robot {client_str(robot_id)}'s"
+
+
+def _handler_with_role(handler: grpc.RpcMethodHandler, robot_id: str, role: Role) -> grpc.RpcMethodHandler:
+    """`handler`, recording `role` for the call's context before it runs; under mutual TLS it first checks
+    that the certificate and the token name the same robot."""
 
     def remembering(behaviour: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
         def run(request: Any, context: grpc.ServicerContext) -> Any:
+            mismatch = certificate_mismatch(context, robot_id)
+            if mismatch is not None:
+                throttled.warning("certificate-mismatch", "refused a call: %s", mismatch)
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, mismatch)
             _ROLES[context] = role
             return behaviour(request, context)
 
@@ -128,7 +148,7 @@ class RobotAuthInterceptor(grpc.ServerInterceptor):
                 reason,
             )
             return _refusal_handler(handler, reason)
-        return _handler_with_role(handler, role)
+        return _handler_with_role(handler, robot_id, role)
 
 
 def authenticated_robot_id(context: grpc.ServicerContext) -> str:

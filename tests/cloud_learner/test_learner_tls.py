@@ -119,6 +119,27 @@ def test_mutual_tls_serves_only_robots_with_a_fleet_certificate(
     assert error.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+def test_a_robot_cannot_use_its_certificate_with_another_robots_token(
+    start_learner: StartLearner, tmp_path: Path
+) -> None:
+    fleet = create_fleet_trust(tmp_path / "fleet", ["robot-1", "robot-2"])
+    learner = start_learner(
+        server=mutual_tls_server(fleet), auth=AuthConfig(token_hashes_file=str(fleet.token_hashes))
+    )
+    robot_2 = fleet.robots["robot-2"]
+    link = LearnerLinkConfig(
+        address=f"127.0.0.1:{learner.port}",
+        tls_ca_file=str(robot_2.ca_cert),
+        tls_cert_file=str(robot_2.client_cert),
+        tls_key_file=str(robot_2.client_key),
+    )
+    assert register(link, "robot-2", robot_2.token).session_id
+    with pytest.raises(grpc.RpcError) as error:
+        register(link, "robot-1", fleet.robots["robot-1"].token)  # robot-1's stolen token
+    assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "client certificate" in (error.value.details() or "")
+
+
 def test_robot_client_certificate_needs_its_key_and_a_ca(tmp_path: Path) -> None:
     robot = create_fleet_trust(tmp_path / "fleet", ["robot-1"]).robots["robot-1"]
     with pytest.raises(ValueError, match="together"):
