@@ -525,14 +525,19 @@ class Ingest:
                 logger.exception("on_commit callback failed for episode %s", episode_id)
         return CommitResult(episode_id, episode.num_steps, duplicate=False)
 
-    def stop(self) -> None:
-        """Stop the staging pruner and the writers (after the commits already queued)."""
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop the staging pruner and the writers (after the commits already queued), waiting at most
+        `timeout_s` in all; a writer still committing then finishes on its own (a daemon thread: what it
+        has not renamed into the store is not there, as after a kill -9, and its robot re-sends it)."""
+        deadline = time.monotonic() + timeout_s
         self._stopping.set()
-        self._pruner.join(timeout=30)
+        self._pruner.join(timeout=max(0.0, deadline - time.monotonic()))
         for _ in self._writers:
             self._commits.put(None)
         for writer in self._writers:
-            writer.join(timeout=30)
+            writer.join(timeout=max(0.0, deadline - time.monotonic()))
+        if any(writer.is_alive() for writer in self._writers):
+            logger.warning("ingest writers still committing after %.0f s; stopping without them", timeout_s)
         self._writers = []
 
     # Queries.

@@ -47,7 +47,7 @@ from cloud_learner.publisher import CheckpointNotFoundError, FetchOffsetError, P
 from cloud_learner.replay import import_offline_stores, open_replay_store
 from cloud_learner.roster import FleetRoster
 from cloud_learner.stream_limits import StreamKind, StreamLimiter, StreamLimitExceeded
-from sop.bounded_shutdown import BoundedShutdown
+from sop.bounded_shutdown import ShutdownSignals
 from sop.checkpoint import read_manifest_from_bytes
 from sop.config import ConfigError, parse_config
 from sop.credentials import Role, TokenRegistry
@@ -71,6 +71,7 @@ MESSAGE_OVERHEAD_BYTES = 64 * 1024
 # How long `stop()` waits, beyond the grace period, for cancelled calls to end, and for the trainer's step.
 STOP_CALLS_EXTRA_S = 3.0
 STOP_TRAINER_S = 4.0
+STOP_COMMITS_S = 2.0
 # `sop learner serve` exits at most this long after shutdown_grace_s once signalled.
 EXIT_DEADLINE_EXTRA_S = 10.0
 # Register: what a robot may announce (task and camera names become roster entries and log text).
@@ -326,6 +327,7 @@ class LearnerService:
         self._server: grpc.Server | None = None
         self._health: health.HealthServicer | None = None
         self._stopped = threading.Event()
+        self._stop_requested = threading.Event()
         self.features: PolicyFeatures | None = None
 
     def start(self) -> int:
@@ -505,15 +507,19 @@ class LearnerService:
             )
         if self.trainer is not None:
             self.trainer.stop(timeout_s=STOP_TRAINER_S)
-        self.ingest.stop()
+        self.ingest.stop(timeout_s=STOP_COMMITS_S)
         self.watchdog.stop()
         self._server = None
         self._stopped.set()
         logger.info("learner stopped")
 
+    def request_stop(self) -> None:
+        """Ask `wait()` to return (signal handlers call this); the caller then runs `stop()`."""
+        self._stop_requested.set()
+
     def wait(self) -> None:
-        """Block until `stop()` (from a signal handler or another thread)."""
-        while not self._stopped.wait(1.0):
+        """Block until a stop is requested or `stop()` ran (from another thread)."""
+        while not (self._stop_requested.wait(1.0) or self._stopped.is_set()):
             pass
 
 
@@ -541,9 +547,13 @@ def main(argv: list[str]) -> int:
         return 1
     print(f"learner listening on port {port}", flush=True)
 
-    shutdown = BoundedShutdown(
-        service.stop, deadline_s=config.server.shutdown_grace_s + EXIT_DEADLINE_EXTRA_S, name="learner"
-    )
-    shutdown.install()
-    service.wait()
+    signals = ShutdownSignals(service.request_stop, config.server.shutdown_grace_s + EXIT_DEADLINE_EXTRA_S)
+    signals.install()
+    try:
+        service.wait()
+    finally:
+        stopping = time.monotonic()
+        service.stop()
+        signals.uninstall()
+        logger.info("stopped in %.2f s", time.monotonic() - stopping)
     return 0

@@ -56,6 +56,11 @@ class LearnerLinkConfig:
     token_file: str | None = None
     # PEM file of the CA that signed the learner's certificate; set: TLS, unset: plaintext.
     tls_ca_file: str | None = None
+    # This robot's client certificate and its private key (PEM), presented to a learner that requires
+    # mutual TLS (server.tls.client_ca_file). Set together, and only with tls_ca_file.
+    # `sop fleet init` writes them as robots/<robot-id>/client.pem and client.key.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
     # Host name to check the learner's certificate against when it differs from `address` (tests, IPs).
     tls_server_name: str | None = None
     # Deadline of every unary call (Register, QueryUpload, Heartbeat).
@@ -79,10 +84,16 @@ class LearnerLinkConfig:
             host, sep, port = self.address.rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
                 raise ValueError(f"learner.address must be host:port, got {self.address!r}")
-        for name in ("token_file", "tls_ca_file"):
+        for name in ("token_file", "tls_ca_file", "tls_cert_file", "tls_key_file"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"learner.{name}: {path} is not a file")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("learner.tls_cert_file and learner.tls_key_file must be set together")
+        if self.tls_cert_file is not None and self.tls_ca_file is None:
+            raise ValueError(
+                "learner.tls_cert_file needs learner.tls_ca_file (the CA of the learner's certificate)"
+            )
         _positive(
             "learner",
             rpc_timeout_s=self.rpc_timeout_s,
@@ -221,13 +232,25 @@ class PolicyConfig:
     # torch intra-op threads of the policy (the control thread and the uploader share a small CPU).
     num_threads: int = 1
     device: str = "cpu"
+    # The learner's Ed25519 public key (PEM; `sop fleet init` writes robots/<id>/checkpoint_signing.pub).
+    # Set: a checkpoint whose announcement is unsigned or not signed by this key is refused and the robot
+    # keeps its last good policy. None: checkpoints are trusted on their sha256 alone.
+    checkpoint_public_key_file: str | None = None
+    # Before a checkpoint becomes "last good" (and before it is swapped in, or run at start), it acts on a
+    # recorded observation of this robot off the control thread: it must return finite actions of the
+    # robot's action shape for its first chunk and one warm-started chunk within this many seconds, or it
+    # is refused and the robot keeps the policy it runs.
+    dry_run_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         _one_of("policy", "swap_at", self.swap_at, SWAP_POINTS)
         _one_of("policy", "sampler", self.sampler, ("rti", "ddpm", "ddim"))
-        _positive("policy", num_threads=self.num_threads)
+        _positive("policy", num_threads=self.num_threads, dry_run_timeout_s=self.dry_run_timeout_s)
         if self.base_checkpoint is not None and not Path(self.base_checkpoint).exists():
             raise ValueError(f"policy.base_checkpoint: {self.base_checkpoint} does not exist")
+        key_file = self.checkpoint_public_key_file
+        if key_file is not None and not Path(key_file).is_file():
+            raise ValueError(f"policy.checkpoint_public_key_file: {key_file} is not a file")
 
 
 @dataclass(frozen=True)
@@ -334,8 +357,15 @@ class RobotConfig:
     upload: UploadConfig = field(default_factory=UploadConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log_level: str = "INFO"
+    # SIGTERM / SIGINT: the episode in progress ends as `aborted`, the spool writer flushes it and every
+    # thread is asked to stop; what is not done after this many seconds is abandoned, and the process
+    # exits at the latest FORCED_EXIT_MARGIN_S (5 s) later, with the stuck threads' tracebacks on stderr.
+    # A partial episode left by that is recovered at the next start. A second signal exits at once.
+    shutdown_grace_s: float = 5.0
 
     def __post_init__(self) -> None:
+        if not self.shutdown_grace_s >= 0:
+            raise ValueError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s}")
         if not self.robot_id or any(c.isspace() or c in "/\\" for c in self.robot_id):
             raise ValueError(
                 f"robot_id must be a non-empty name without spaces or slashes, got {self.robot_id!r}"

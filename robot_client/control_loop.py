@@ -11,6 +11,13 @@ Policies. The policy runs its action-chunk queue behind `act()` (RTI warm starts
 loop measures the calls that computed a chunk as inference time. A new checkpoint, loaded in the
 background by PolicySync, is taken from the `PolicySlot` only at an episode boundary (default) or, when
 configured, at an action-chunk boundary, and always starts with a full solve.
+
+Bad inputs. A policy that raises, or answers with the wrong shape or a NaN, and an operator command of the
+wrong shape or with a NaN never end the loop: the gate (`intervention_gate.py`) refuses the command, the
+robot executes its safe action for that step, and the refusal is counted and logged (rate-limited). A
+refused policy output also drops the policy's queued chunk, so the next step asks for a fresh full solve
+instead of replaying the rest of a NaN chunk or warm-starting from it. The newest observation is kept in
+`latest_observation` for PolicySync's dry run of a new checkpoint.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from sop.episode import (
     Outcome,
     new_episode_id,
 )
+from sop.safe_logging import RateLimitedLog, client_str
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +158,10 @@ class ControlLoop:
         self.metrics = metrics
         self.telemetry = telemetry
         self.current = initial_policy
-        self.gate = InterventionGate(robot.hold_action, robot.action_dim)
+        self.gate = InterventionGate(robot.hold_action, robot.action_dim, robot.safe_action, metrics)
+        self.throttled = RateLimitedLog(log, interval_s=5.0)
+        # The newest observation the robot returned (read by other threads: one reference, swapped whole).
+        self.latest_observation: Observation | None = None
         self.pacer = Pacer(config.control.period_s, config.control.free_running, metrics)
         self.summaries: list[EpisodeSummary] = []
         self._steps_in_chunk = 0
@@ -183,13 +194,25 @@ class ControlLoop:
         horizon = int(getattr(self.current.policy, "execution_horizon", 1)) if self.current else 1
         return self._steps_in_chunk == 0 or self._steps_in_chunk >= horizon
 
-    def _propose(self, observation: Observation) -> np.ndarray:
-        """The policy's action for this observation; a call that computed a chunk counts as inference."""
+    def _propose(self, observation: Observation) -> np.ndarray | None:
+        """The policy's action for this observation, None when it raised (the gate then holds the robot);
+        a call that computed a chunk counts as inference."""
         assert self.current is not None
         policy = self.current.policy
         before = getattr(policy, "chunks_predicted", None)
         t0 = time.perf_counter()
-        action = np.asarray(policy.act(observation.policy_input()), dtype=np.float32)
+        try:
+            action = np.asarray(policy.act(observation.policy_input()), dtype=np.float32)
+        except Exception as exc:  # one bad step of the policy must not end the loop: counted by the gate
+            self.throttled.warning(
+                "policy-error",
+                "policy v%d raised %s: %s; the robot executes its safe action",
+                self.current.version,
+                type(exc).__name__,
+                client_str(exc, 200),
+            )
+            self._steps_in_chunk = 0
+            return None
         elapsed = time.perf_counter() - t0
         if before is None or policy.chunks_predicted != before:  # type: ignore[attr-defined]
             self.metrics.record_inference(elapsed, bool(getattr(policy, "last_chunk_warm_started", True)))
@@ -259,6 +282,7 @@ class ControlLoop:
         self.gate.reset()
         episode_id = new_episode_id()
         observation = self.robot.start_episode()
+        self.latest_observation = observation
         started_at = time.time()  # the first observation's time stamp
         self.panel.begin_episode(episode_id, observation)
         self.recorder.begin(
@@ -282,6 +306,7 @@ class ControlLoop:
         # The first chunk of an episode is a full solve (no warm start yet): it is computed before the
         # grid starts, while the robot stands at its start pose, instead of stalling the first tick.
         first_action: np.ndarray | None = self._propose(observation)
+        first_step = True
         self.pacer.restart()
         while not done and step < config.control.max_episode_steps:
             if stop.is_set():
@@ -289,21 +314,24 @@ class ControlLoop:
                 break
             self.pacer.wait()
             stamp = time.time() if step else started_at
-            if first_action is not None:
-                policy_action, first_action = first_action, None
+            if first_step:
+                policy_action, first_action, first_step = first_action, None, False
             else:
                 if swap_at_chunks and self._at_chunk_boundary() and self.slot.pending_version is not None:
                     self._swap_if_pending("chunk")
                 policy_action = self._propose(observation)
             policy = self.current.policy
 
-            decision = self.panel.step(observation, policy_action, success)
-            gate = self.gate.decide(observation, policy_action, decision)
+            proposal = self.gate.check_policy(observation, policy_action)
+            decision = self.panel.step(observation, proposal.action, success)
+            gate = self.gate.decide(observation, proposal, decision)
             if gate.took_over:
                 self.metrics.takeovers.inc()
                 take_overs += 1
-            if gate.handed_back:
-                policy.invalidate_warm_start()  # the queued chunk assumed a trajectory the robot left
+            if gate.handed_back or gate.policy_refused:
+                # Hand-back: the queued chunk assumed a trajectory the robot left. Refused output: the rest
+                # of its chunk (and a warm start from it) is as bad; the next step solves afresh.
+                policy.invalidate_warm_start()
                 self._steps_in_chunk = 0
             if decision.event:
                 log.info("episode %s step %d: %s", episode_id[:8], step, decision.event)
@@ -316,7 +344,7 @@ class ControlLoop:
             record = {
                 STATE: observation.state,
                 ACTION: executed,
-                POLICY_ACTION: policy_action,
+                POLICY_ACTION: gate.policy_action,
                 INTERVENTION: np.bool_(gate.intervening),
                 POLICY_VERSION: np.int64(self.current.version),
                 TIMESTAMP: np.float64(stamp),
@@ -333,6 +361,7 @@ class ControlLoop:
             if self.telemetry is not None and step % telemetry_every == 0:
                 self.telemetry(self._snapshot(episode_id, step, result.observation, gate.intervening))
             observation = result.observation
+            self.latest_observation = observation
             self.pacer.done()
 
         if self.panel.remote is not None:

@@ -14,9 +14,23 @@ Python API (what the fleet harness uses):
     daemon.wait(timeout_s)                  # until the episodes are done (or the control loop failed)
     daemon.wait_for_uploads(timeout_s)      # until the spool is empty
     daemon.stop()                           # an episode in progress ends as `aborted` and is kept
+                                            # (within config.shutdown_grace_s, whatever the learner does)
     summaries = daemon.run(max_episodes=10) # start + wait + stop
 
     process = spawn_daemon_process(["--config", "configs/robot.yaml", "--robot-id", "r1", ...])
+
+Shutdown is bounded. SIGTERM or SIGINT asks the control loop to end its episode as `aborted`; `stop()`
+then asks every thread to stop, closes the channel (which cancels every call in flight, a stuck upload or
+a learner that never answers included) and waits for each part only until `shutdown_grace_s` has passed.
+Should anything still hang (a robot driver, an operator device, the interpreter's exit), a watchdog that
+needs neither the GIL nor the main thread (`faulthandler`) prints every thread's traceback and exits the
+process `FORCED_EXIT_MARGIN_S` later. A second signal exits at once. Either way the spool stays
+consistent: it is written as a crash-safe store, and an episode left half-written is committed as
+`aborted` by the partial-episode recovery at the next start, exactly as after a kill -9.
+
+The policy in control at start is dry-run first (`dry_run.py`): a last good checkpoint that no longer
+fits this robot is not run (counted, logged, reported in heartbeats); the daemon falls back to the base
+checkpoint, else waits for the learner's, instead of failing at every restart.
 """
 
 from __future__ import annotations
@@ -24,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -35,6 +48,7 @@ from typing import Any
 
 from robot_client.config import PolicyConfig, RobotConfig
 from robot_client.control_loop import ControlLoop, EpisodeSummary
+from robot_client.dry_run import DryRunFailed, PolicyCheck
 from robot_client.fleet_membership import FleetMembership, client_version
 from robot_client.learner_channel import LearnerChannel
 from robot_client.metrics import RobotMetrics
@@ -52,11 +66,15 @@ from robot_client.policy_sync import (
 from robot_client.recorder import EpisodeRecorder, Spool
 from robot_client.robots import LeRobotRobot, Robot, make_robot
 from robot_client.uploader import Uploader
+from sop.bounded_shutdown import ShutdownSignals
 from sop.checkpoint import CheckpointError, read_manifest_from_bytes
 from sop.config import parse_config
 from sop.v1 import fleet_pb2
 
 log = logging.getLogger(__name__)
+
+# After a signal, the process exits at the latest this long after `shutdown_grace_s` (see the docstring).
+FORCED_EXIT_MARGIN_S = 5.0
 
 # The short flags of `sop robot run`, spelled as the config keys they set.
 FLAG_ALIASES = {
@@ -118,11 +136,15 @@ class RobotDaemon:
         self._control_thread: threading.Thread | None = None
         self._logger_thread: threading.Thread | None = None
         self._started = False
+        self.check: PolicyCheck | None = None
+        # (version, sha256) of checkpoints refused at start: PolicySync does not fetch them again.
+        self._refused_at_start: set[tuple[int, str]] = set()
 
     # Policies ---------------------------------------------------------------------------------------------
 
     def _initial_policy(self) -> LoadedPolicy | None:
-        """The newest policy on disk: the last good checkpoint, else the base checkpoint, else `base_policy`."""
+        """The newest policy on disk that loads and passes its dry run: the last good checkpoint, else the
+        base checkpoint, else `base_policy` (the caller's object, not dry-run); None: wait for the learner."""
         base_blob: bytes | None = None
         base_version = -1
         if self.config.policy.base_checkpoint is not None:
@@ -132,24 +154,47 @@ class RobotDaemon:
         if last_good is not None and last_good[1] >= base_version:
             blob, version, digest = last_good
             try:
-                loaded = LoadedPolicy(self.policy_loader(blob, digest), version, digest, "last_good")
-                log.info("running the last good checkpoint v%d from %s", version, self.config.policy_dir)
-                return loaded
+                policy = self.policy_loader(blob, digest)
             except (CheckpointError, ValueError, RuntimeError) as exc:
                 self.metrics.checkpoints_rejected.labels("last_good_unloadable").inc()
                 log.error(
                     "last good checkpoint v%d cannot be loaded (%s); falling back to the base", version, exc
                 )
+            else:
+                if self._passes_dry_run(policy, version, digest, "last good checkpoint"):
+                    log.info("running the last good checkpoint v%d from %s", version, self.config.policy_dir)
+                    return LoadedPolicy(policy, version, digest, "last_good")
         if base_blob is not None:
             digest = hashlib.sha256(base_blob).hexdigest()
             policy = self.policy_loader(base_blob, digest)
-            log.info(
-                "running the base checkpoint v%d (%s)", policy.version, self.config.policy.base_checkpoint
-            )
-            return LoadedPolicy(policy, int(policy.version), digest, "base")
+            if self._passes_dry_run(policy, int(policy.version), digest, "base checkpoint"):
+                log.info(
+                    "running the base checkpoint v%d (%s)", policy.version, self.config.policy.base_checkpoint
+                )
+                return LoadedPolicy(policy, int(policy.version), digest, "base")
         if self._base_policy is not None:
             return LoadedPolicy(self._base_policy, int(self._base_policy.version), "", "base")
         return None
+
+    def _passes_dry_run(self, policy: Policy, version: int, digest: str, what: str) -> bool:
+        """True unless the dry run refuses the policy (then counted, logged and remembered as refused)."""
+        assert self.check is not None
+        try:
+            self.check.run(policy, f"{what} v{version}")
+        except DryRunFailed as exc:
+            self.metrics.checkpoints_rejected.labels(f"dry_run_{exc.reason}").inc()
+            self.metrics.last_rejected_checkpoint_version.set(version)
+            self._refused_at_start.add((version, digest))
+            log.error(
+                "%s v%d failed its dry run on this robot (%s: %s); not running it. Falling back to "
+                "the base checkpoint if there is one, else to the learner's next checkpoint",
+                what,
+                version,
+                exc.reason,
+                exc,
+            )
+            return False
+        return True
 
     @property
     def policy_version(self) -> int:
@@ -173,6 +218,13 @@ class RobotDaemon:
         self.recovered = self.spool.recover_partials()
         robot = self._robot if self._robot is not None else make_robot(config.robot, config.control)
         self._robot = robot
+        self.check = PolicyCheck(
+            robot.action_dim,
+            config.policy.dry_run_timeout_s,
+            config.policy_dir,
+            lambda: self.loop.latest_observation if self.loop is not None else None,
+            self.spool,
+        )
         initial = self._initial_policy()
 
         if config.learner.address is not None:
@@ -183,8 +235,15 @@ class RobotDaemon:
             )
             self.uploader.limits = self.membership.limits
             self.policy_sync = PolicySync(
-                config, self.link, self.policy_loader, self.slot, self.metrics, self._wanted_version
+                config,
+                self.link,
+                self.policy_loader,
+                self.slot,
+                self.metrics,
+                self._wanted_version,
+                check=self.check,
             )
+            self.policy_sync.rejected |= self._refused_at_start
             if config.operator.remote:
                 self.remote = RemoteCommands(config.operator.teleop_timeout_s)
                 self.session = OperatorSession(config, self.link, self.remote, self.metrics)
@@ -258,6 +317,10 @@ class RobotDaemon:
         """Ask the control loop to end (signal handlers call this); `stop()` does the rest."""
         self._stop.set()
 
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
     def wait(self, timeout_s: float | None = None) -> bool:
         """Wait for the control loop to finish its episodes; True when it has."""
         if self._control_thread is None:
@@ -276,19 +339,44 @@ class RobotDaemon:
             time.sleep(0.05)
         return False
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop everything. An episode in progress ends as `aborted` and stays in the spool for upload."""
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop everything within `timeout_s` (default `shutdown_grace_s`). An episode in progress ends as
+        `aborted` and stays in the spool for upload; a part that does not stop in time is left behind (its
+        thread is a daemon thread) and logged, and the robot and the metrics endpoint are closed anyway."""
+        grace = self.config.shutdown_grace_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + grace
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
         self._stop.set()
-        self.wait(timeout_s)
-        if self.recorder is not None:
-            self.recorder.stop(timeout_s)
-        for part in (self.session, self.policy_sync, self.membership, self.uploader):
-            if part is not None:
-                part.stop()
+        network = [
+            p for p in (self.session, self.policy_sync, self.membership, self.uploader) if p is not None
+        ]
+        for part in network:  # flags set and streams cancelled first; nobody waits on anybody yet
+            part.stop(0.0)
+        settle = time.monotonic() + min(0.5, left())
+        for part in network:  # a thread that is not inside a call ends now, before the channel goes
+            part.stop(max(0.0, settle - time.monotonic()))
         if self.link is not None:
-            self.link.close()
+            self.link.close()  # cancels every call still in flight: a unary call to a silent learner
+        if not self.wait(left()):
+            log.error("the control loop did not end within %.1f s (robot or policy stuck)", grace)
+        if self.recorder is not None and not self.recorder.stop(left()):
+            log.error(
+                "the spool writer did not finish within %.1f s; the episode stays partial and is "
+                "recovered at the next start",
+                grace,
+            )
+        for part in network:
+            part.stop(left())
+        prefix = f"{self.config.robot_id}-"
+        stuck = sorted(t.name for t in threading.enumerate() if t.name.startswith(prefix) and t.is_alive())
+        stuck = [name for name in stuck if name != f"{prefix}metrics"]
+        if stuck:
+            log.warning("left behind after %.1f s of shutdown: %s", grace, ", ".join(stuck))
         if self._logger_thread is not None:
-            self._logger_thread.join(1.0)
+            self._logger_thread.join(min(1.0, left()))
         if self.loop is not None:
             self.loop.panel.close()
         if self._robot is not None:
@@ -333,20 +421,17 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(config.policy.num_threads)
     daemon = RobotDaemon(config)
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("signal %d: stopping after the current step", signum)
-        daemon.request_stop()
-
-    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
+    signals = ShutdownSignals(daemon.request_stop, config.shutdown_grace_s + FORCED_EXIT_MARGIN_S)
+    signals.install()
     try:
         daemon.start()
-        while not daemon.wait(0.5):
+        while not daemon.wait(0.5) and not daemon.stop_requested:
             pass
     finally:
+        stopping = time.monotonic()
         daemon.stop()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        signals.uninstall()
+        log.info("stopped in %.2f s", time.monotonic() - stopping)
     if daemon.error is not None:
         log.error("robot daemon failed: %s", daemon.error)
         return 1

@@ -56,7 +56,8 @@ class FleetMembership:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
-            self._thread = None
+            if not self._thread.is_alive():  # else a later stop() (the daemon's second pass) waits again
+                self._thread = None
 
     def register(self) -> None:
         response = self.link.unary(
@@ -105,6 +106,8 @@ class FleetMembership:
                     return
                 self.heartbeat()
             except grpc.RpcError as exc:
+                if self._stop.is_set():
+                    return  # the daemon is stopping and closed the channel under this call
                 code = rpc_code(exc)
                 rpc = "Heartbeat" if self.registered.is_set() else "Register"
                 self.metrics.rpc_errors.labels(rpc, code.name).inc()

@@ -1,5 +1,5 @@
-"""The robot's gRPC link to the learner: one channel, TLS when configured, credentials and a deadline on
-every call, and the back-off every reconnecting thread uses.
+"""The robot's gRPC link to the learner: one channel, TLS (mutual, with the robot's client certificate) when
+configured, credentials and a deadline on every call, and the back-off every reconnecting thread uses.
 
 Peers' actors log a disconnect and let the stream thread die, or retry without deadlines and wedge the
 learner. Here every call has a deadline (unary calls `rpc_timeout_s`, streams their own), the channel
@@ -87,19 +87,29 @@ def channel_options(config: LearnerLinkConfig) -> list[tuple[str, Any]]:
     return options
 
 
+def _read_pem(config: LearnerLinkConfig, name: str) -> bytes | None:
+    path = getattr(config, name)
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"learner.{name}: cannot read {path}: {exc.strerror}") from None
+
+
 def open_channel(config: LearnerLinkConfig) -> grpc.Channel:
-    """A channel to `config.address`: TLS with the configured CA, else plaintext."""
+    """A channel to `config.address`: TLS with the configured CA (mutual TLS when the robot has a client
+    certificate), else plaintext."""
     if config.address is None:
         raise ValueError("learner.address is not set; the robot runs offline")
     options = channel_options(config)
-    if config.tls_ca_file is not None:
-        try:
-            root_certificates = Path(config.tls_ca_file).read_bytes()
-        except OSError as exc:
-            raise ValueError(
-                f"learner.tls_ca_file: cannot read {config.tls_ca_file}: {exc.strerror}"
-            ) from None
-        credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+    root_certificates = _read_pem(config, "tls_ca_file")
+    if root_certificates is not None:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=root_certificates,
+            private_key=_read_pem(config, "tls_key_file"),
+            certificate_chain=_read_pem(config, "tls_cert_file"),
+        )
         return grpc.secure_channel(config.address, credentials, options=options)
     return grpc.insecure_channel(config.address, options=options)
 

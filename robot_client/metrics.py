@@ -62,7 +62,8 @@ class MetricsSnapshot:
             f"spool {int(v['spool_depth'])} ep {v['spool_bytes'] / 1e6:.1f} MB | "
             f"uploads ok {int(v['uploads_ok'])} retried {int(v['upload_retries'])} "
             f"quarantined {int(v['uploads_quarantined'])} | swaps {int(v['policy_swaps'])} "
-            f"rejected {int(v['checkpoints_rejected'])}"
+            f"rejected {int(v['checkpoints_rejected'])} | commands refused {int(v['commands_refused'])} "
+            f"safe-action steps {int(v['safe_action_steps'])}"
         )
 
 
@@ -154,8 +155,24 @@ class RobotMetrics:
         )
         self.checkpoints_rejected = Counter(
             "sop_robot_checkpoints_rejected",
-            "checkpoints refused (bad hash, unreadable)",
+            "checkpoints refused (bad hash, unreadable, failed dry run: reason dry_run_*)",
             ["reason"],
+            registry=r,
+        )
+        self.last_rejected_checkpoint_version = Gauge(
+            "sop_robot_last_rejected_checkpoint_version",
+            "version of the newest checkpoint this robot refused (0: none)",
+            registry=r,
+        )
+        self.commands_refused = Counter(
+            "sop_robot_commands_refused",
+            "operator commands and policy outputs refused: wrong_shape, non_finite, policy_error",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.safe_action_steps = Counter(
+            "sop_robot_safe_action_steps",
+            "steps the robot executed its safe action in place of a refused command",
             registry=r,
         )
         self.learner_connected = Gauge(
@@ -194,6 +211,16 @@ class RobotMetrics:
             if not sample.name.endswith("_created")
         )
 
+    @staticmethod
+    def _labelled(metric: Counter, label: str, prefix: str) -> float:
+        """The counter summed over the label values that start with `prefix`."""
+        return sum(
+            sample.value
+            for family in metric.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total") and sample.labels.get(label, "").startswith(prefix)
+        )
+
     def snapshot(self) -> MetricsSnapshot:
         ms = 1e3
         values = {
@@ -223,6 +250,10 @@ class RobotMetrics:
             "policy_version": self._value(self.policy_version),
             "policy_swaps": self._value(self.policy_swaps),
             "checkpoints_rejected": self._value(self.checkpoints_rejected),
+            "checkpoints_failed_dry_run": self._labelled(self.checkpoints_rejected, "reason", "dry_run_"),
+            "last_rejected_checkpoint_version": self._value(self.last_rejected_checkpoint_version),
+            "commands_refused": self._value(self.commands_refused),
+            "safe_action_steps": self._value(self.safe_action_steps),
             "learner_connected": self._value(self.learner_connected),
         }
         return MetricsSnapshot(values)

@@ -28,6 +28,7 @@ from robot_client.metrics import RobotMetrics
 from robot_client.operators import RemoteCommands
 from sop.data.codec import CodecError, decode_tensor, encode_tensor
 from sop.episode import Outcome
+from sop.safe_logging import RateLimitedLog, client_str
 from sop.v1 import operator_pb2
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class OperatorSession:
         self._call: grpc.Call | None = None
         self._thread: threading.Thread | None = None
         self.commands_received = 0
+        self.throttled = RateLimitedLog(log, interval_s=5.0)
 
     # Control-thread side ----------------------------------------------------------------------------------
 
@@ -92,7 +94,8 @@ class OperatorSession:
             self._outbox_ready.notify_all()
         if self._thread is not None:
             self._thread.join(timeout_s)
-            self._thread = None
+            if not self._thread.is_alive():  # else a later stop() (the daemon's second pass) waits again
+                self._thread = None
 
     # Session thread ---------------------------------------------------------------------------------------
 
@@ -137,10 +140,18 @@ class OperatorSession:
         kind = command.WhichOneof("command")
         if kind == "take_over":
             self.remote.take_over(command.operator_id, command.take_over.reason)
-            log.info("console %s took over: %s", command.operator_id, command.take_over.reason)
+            log.info(
+                "console %s took over: %s",
+                client_str(command.operator_id),
+                client_str(command.take_over.reason),
+            )
         elif kind == "hand_back":
             self.remote.hand_back(command.operator_id, command.hand_back.reason)
-            log.info("console %s handed back: %s", command.operator_id, command.hand_back.reason)
+            log.info(
+                "console %s handed back: %s",
+                client_str(command.operator_id),
+                client_str(command.hand_back.reason),
+            )
         elif kind == "teleop_action":
             try:
                 action = decode_tensor(
@@ -150,7 +161,13 @@ class OperatorSession:
                     require_finite=True,
                 )
             except CodecError as exc:
-                log.error("teleop action from %s refused: %s", command.operator_id, exc)
+                self.metrics.commands_refused.labels("operator", "undecodable").inc()
+                self.throttled.warning(
+                    "teleop-undecodable",
+                    "teleop action from %s refused: %s",
+                    client_str(command.operator_id),
+                    client_str(exc, 200),
+                )
                 return
             self.remote.teleop(np.asarray(action, dtype=np.float32).reshape(-1))
         elif kind == "outcome_label":
@@ -159,16 +176,19 @@ class OperatorSession:
                 outcome = Outcome(label.outcome)
             except ValueError:
                 self.metrics.operator_labels.labels("invalid").inc()
-                log.error(
-                    "outcome label %r from %s is not one of %s",
-                    label.outcome,
-                    command.operator_id,
+                self.throttled.warning(
+                    "label-invalid",
+                    "outcome label %s from %s is not one of %s",
+                    client_str(label.outcome),
+                    client_str(command.operator_id),
                     [o.value for o in Outcome],
                 )
                 return
             self.remote.label(label.episode_id, outcome)
         else:
-            log.warning("empty operator command from %s ignored", command.operator_id)
+            self.throttled.warning(
+                "empty-command", "empty operator command from %s ignored", client_str(command.operator_id)
+            )
 
     def _run(self) -> None:
         backoff = Backoff(self.config.learner.reconnect_initial_s, self.config.learner.reconnect_max_s)

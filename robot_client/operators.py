@@ -28,6 +28,7 @@ import numpy as np
 from robot_client.config import OperatorConfig, RobotPluginConfig
 from robot_client.robots import Observation
 from sop.episode import Outcome
+from sop.safe_logging import client_str
 
 log = logging.getLogger(__name__)
 
@@ -167,13 +168,17 @@ class RemoteCommands:
         with self._lock:
             self._intervening = True
             self._action = None
-            self._events.append(f"console take-over by {operator_id or 'operator'}: {reason}")
+            self._events.append(
+                f"console take-over by {client_str(operator_id or 'operator')}: {client_str(reason)}"
+            )
 
     def hand_back(self, operator_id: str, reason: str) -> None:
         with self._lock:
             self._intervening = False
             self._action = None
-            self._events.append(f"console hand-back by {operator_id or 'operator'}: {reason}")
+            self._events.append(
+                f"console hand-back by {client_str(operator_id or 'operator')}: {client_str(reason)}"
+            )
 
     def teleop(self, action: np.ndarray, now: float | None = None) -> None:
         """A teleop action counts only while the console has taken over; one sent before is ignored."""

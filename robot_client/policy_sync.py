@@ -5,12 +5,18 @@ Peers push the whole state dict every few seconds (LeRobot HIL-SERL) or load wei
 
 - `WatchPolicy` is a long-lived stream with a deadline; it is re-opened after it ends or breaks, with
   exponential back-off and jitter while the learner is unreachable.
+- With `policy.checkpoint_public_key_file` set, an announcement must carry the learner's Ed25519 signature
+  over version, parent, sha256 and size (`sop.fleet_trust`), checked before a byte is fetched; the blob is
+  then held to the signed sha256. Unsigned or wrongly signed: rejected like a bad hash.
 - `FetchCheckpoint` downloads into a `.part` file and resumes from its size after a cut.
 - The blob's sha256 must equal the announced one before it is parsed; `checkpoint_from_bytes` then checks
   the weights against the manifest. A checkpoint that fails either check is rejected (metric + log), never
   fetched again under the same hash, and the robot keeps running the policy it has.
 - Loading (building the network, reading weights) happens on this thread, never on the control thread.
-- The last good checkpoint is kept in `policy/` so a restart without the learner runs it.
+- A loaded checkpoint is dry-run on a recorded observation of this robot (`dry_run.py`: shapes, finite
+  output, time) before it is swapped in or kept; one that fails is refused like a bad hash.
+- The last good checkpoint is kept in `policy/` so a restart without the learner runs it. Only a
+  checkpoint that passed its dry run becomes last good.
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ import grpc
 import numpy as np
 
 from robot_client.config import RobotConfig
+from robot_client.dry_run import DryRunFailed, PolicyCheck
 from robot_client.learner_channel import Backoff, LearnerChannel, rpc_code, rpc_details
 from robot_client.metrics import RobotMetrics
+from sop.fleet_trust import CheckpointVerifier, SignatureError
 from sop.v1 import fleet_pb2
 
 log = logging.getLogger(__name__)
@@ -167,14 +175,18 @@ class PolicySync:
         slot: PolicySlot,
         metrics: RobotMetrics,
         current_version: Callable[[], int],
+        check: PolicyCheck | None = None,
     ) -> None:
         self.config = config
+        self.check = check
         self.link = link
         self.loader = loader
         self.slot = slot
         self.metrics = metrics
         self.current_version = current_version
         self.last_good = LastGoodCheckpoint(config.policy_dir)
+        key_file = config.policy.checkpoint_public_key_file
+        self.verifier = CheckpointVerifier.from_file(key_file) if key_file else None
         self.incoming = config.policy_dir / "incoming"
         self.incoming.mkdir(parents=True, exist_ok=True)
         self.rejected: set[tuple[int, str]] = set()
@@ -283,6 +295,7 @@ class PolicySync:
             except CheckpointRejected as exc:
                 self.rejected.add((announcement.version, announcement.sha256))
                 self.metrics.checkpoints_rejected.labels(exc.reason).inc()
+                self.metrics.last_rejected_checkpoint_version.set(announcement.version)
                 log.error(
                     "checkpoint v%d rejected (%s): %s; still running v%d",
                     announcement.version,
@@ -322,8 +335,26 @@ class PolicySync:
     def _part_path(self, announcement: fleet_pb2.PolicyAnnouncement) -> Path:
         return self.incoming / f"v{announcement.version}-{announcement.sha256[:16]}.part"
 
+    def verify_signature(self, announcement: fleet_pb2.PolicyAnnouncement) -> None:
+        """Raise CheckpointRejected unless the announcement is signed by the learner key this robot trusts."""
+        if self.verifier is None:
+            return
+        try:
+            self.verifier.verify(
+                announcement.signature,
+                announcement.version,
+                announcement.parent_version,
+                announcement.sha256,
+                announcement.size_bytes,
+            )
+        except SignatureError as exc:
+            reason = "unsigned" if not announcement.signature else "bad_signature"
+            raise CheckpointRejected(reason, str(exc)) from None
+
     def fetch(self, announcement: fleet_pb2.PolicyAnnouncement) -> bytes:
-        """Download the announced blob (resuming a partial download) and check its size and sha256."""
+        """Check the announcement's signature, download the announced blob (resuming a partial download) and
+        check its size and sha256 against the signed ones."""
+        self.verify_signature(announcement)
         part = self._part_path(announcement)
         for stale in self.incoming.glob("*.part"):
             if stale != part:
@@ -390,8 +421,15 @@ class PolicySync:
                 "version_mismatch",
                 f"the blob holds v{policy.version}, the learner announced v{announcement.version}",
             )
+        checked = True
+        if self.check is not None:
+            try:
+                checked = self.check.run(policy, f"checkpoint v{announcement.version}")
+            except DryRunFailed as exc:
+                raise CheckpointRejected(f"dry_run_{exc.reason}", f"dry run failed: {exc}") from exc
         self.metrics.checkpoints_fetched.inc()
-        self.last_good.save(blob, int(announcement.version), announcement.sha256)
+        if checked:
+            self.last_good.save(blob, int(announcement.version), announcement.sha256)
         self.slot.offer(LoadedPolicy(policy, int(announcement.version), announcement.sha256, "learner"))
         log.info(
             "checkpoint v%d verified and loaded; swapping at the next %s boundary",

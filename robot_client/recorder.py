@@ -267,13 +267,21 @@ class EpisodeRecorder:
         self._thread = threading.Thread(target=self._run, name="spool-writer", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Write what is queued, then stop. An episode still open stays partial (recovered at next start)."""
+    def stop(self, timeout_s: float = 10.0) -> bool:
+        """Write what is queued, then stop; True when the writer finished within `timeout_s`. An episode
+        still open (or still being written when time ran out) stays partial: recovered at the next start."""
         if self._thread is None:
-            return
-        self._queue.put(_STOP)
-        self._thread.join(timeout_s)
+            return True
+        deadline = time.monotonic() + timeout_s
+        try:
+            self._queue.put(_STOP, timeout=max(timeout_s, 1e-3))
+        except queue.Full:
+            return False
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            return False
         self._thread = None
+        return True
 
     # Writer thread ----------------------------------------------------------------------------------------
 

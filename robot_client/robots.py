@@ -1,7 +1,8 @@
 """Robots the daemon can drive, behind one small interface.
 
 `Robot` is what the control loop needs from a body: start an episode, apply one action, say what a
-"hold still" action is. Two plug-ins ship:
+"hold still" action is and what its safe action is (what runs instead of a command that must not: a
+teleop action of the wrong length, a policy output with a NaN). Two plug-ins ship:
 
 - `MetaWorldRobot`: a simulated Meta-World task from `sim/` (the CI harness and the demo).
 - `LeRobotRobot`: any arm lerobot supports, through lerobot's `Robot` (`get_observation` /
@@ -78,6 +79,14 @@ class Robot(abc.ABC):
     def hold_action(self, observation: Observation) -> np.ndarray:
         """An action that keeps the robot where it is (used while an operator holds control silently)."""
 
+    def safe_action(self, observation: Observation) -> np.ndarray:
+        """What the robot executes in place of a command that must not run (wrong shape, NaN / Inf, a
+        policy that raised): by default its hold action. A robot type for which holding is not the safest
+        thing to do (a balancing robot, a conveyor that must keep moving) overrides this. It must return
+        finite values of shape (action_dim,); the control loop falls back to the last executed action
+        (zeros before the first) when it does not."""
+        return self.hold_action(observation)
+
     def close(self) -> None:  # noqa: B027 (optional hook: most robots hold nothing to release)
         """Release the hardware or the simulator."""
 
@@ -131,6 +140,11 @@ class MetaWorldRobot(Robot):
         hold[-1] = np.float32(1.0 if observation.state[3] < 0.5 else -1.0)
         return hold
 
+    def safe_action(self, observation: Observation) -> np.ndarray:
+        # Zero hand motion with the gripper kept as it was: an object in the gripper is not dropped and
+        # an open gripper does not close on something it should not hold. That is the hold action.
+        return self.hold_action(observation)
+
     def close(self) -> None:
         self.env.close()
 
@@ -144,7 +158,8 @@ class LeRobotRobot(Robot):
 
     The state vector is the robot's scalar observation features in lerobot's declared order, images are
     its (H, W, 3) features, and the action vector maps one to one onto `action_features`. Holding still
-    means commanding the current reading of every action key the robot also observes (position control).
+    means commanding the current reading of every action key the robot also observes (position control);
+    that is also its safe action (an action key it does not observe is commanded 0).
     """
 
     def __init__(self, robot: Any, task: str, instruction: str = "", connect: bool = True) -> None:

@@ -93,7 +93,8 @@ class Uploader:
             call.cancel()
         if self._thread is not None:
             self._thread.join(timeout_s)
-            self._thread = None
+            if not self._thread.is_alive():  # else a later stop() (the daemon's second pass) waits again
+                self._thread = None
 
     def wake(self, episode_id: str = "") -> None:
         """A new episode is in the spool."""

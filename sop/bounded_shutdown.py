@@ -1,111 +1,98 @@
-"""SIGTERM ends a long-running SOP process within a bound, whatever its clients or peers do.
+"""SIGTERM ends a long-running SOP process within a bound, whatever its threads, clients or peers do.
 
 A service that waits for its calls to finish can wait forever: a gRPC handler blocked where no cancellation
-reaches it keeps `server.stop(grace).wait()` from returning, and a worker thread that never returns keeps
-the interpreter from exiting (it joins non-daemon threads at exit). Orchestrators then escalate to SIGKILL
-after their own timeout, or worse, wait. So every SOP process that serves or controls installs this:
+reaches it keeps `server.stop(grace).wait()` from returning, a robot driver stuck in C code keeps the
+control thread, and a worker thread that never returns keeps the interpreter from exiting (it joins
+non-daemon threads at exit). Orchestrators then escalate to SIGKILL after their own timeout, or worse, wait.
+So the learner (`sop learner serve`) and the robot daemon (`sop robot run`) install `ShutdownSignals`:
 
-- first SIGTERM or SIGINT: the orderly stop runs in a thread, and a backstop is armed; if the process is
-  still alive `deadline_s` later it logs which threads were still running and ends with `os._exit`
-  (exit code 0 when the orderly stop itself had finished, so only the interpreter's exit hung; 1 when it
-  had not);
-- a second signal: `os._exit(1)` at once.
+- first SIGTERM or SIGINT: `on_first()` asks the process to stop (its main thread then runs the orderly,
+  itself time-bounded, stop), and a `faulthandler` watchdog is armed: after `bound_s` it writes every
+  thread's traceback to stderr (what was stuck, for the operator) and exits with status 1. It is a C thread
+  that needs neither the GIL nor the main thread, and it stays armed through the interpreter's exit;
+- a second signal: exit at once with 128 + the signal number.
 
-`os._exit` skips clean-up, which is safe by construction here: everything that must survive (committed
-episodes, staged chunks, the robot's spool, published checkpoints) is written with atomic renames and is
-exactly as safe as after a kill -9, which the crash tests exercise.
+The signals are read from a wakeup pipe by a thread of their own, so a main thread blocked in C code (a
+device driver, a channel close) does not delay them; the Python-level handler only keeps the default action
+(death, or KeyboardInterrupt mid-write) from running.
+
+Exiting without clean-up is safe by construction here: everything that must survive (committed episodes,
+staged chunks, the robot's spool, published checkpoints) is written with atomic renames and is exactly as
+safe as after a kill -9, which the crash tests exercise.
 """
 
 from __future__ import annotations
 
-import contextlib
+import faulthandler
 import logging
 import os
 import signal
-import sys
 import threading
 from collections.abc import Callable
-from types import FrameType
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
-EXIT_FORCED = 1
 
+class ShutdownSignals:
+    """SIGTERM / SIGINT handling for one process (see the module docstring).
 
-def _exit_now(code: int) -> None:
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed or broken stream: exit anyway
-            stream.flush()
-    os._exit(code)
-
-
-class BoundedShutdown:
-    """Signal handling for one process: orderly stop, bounded by a deadline; a second signal is immediate.
-
-    shutdown = BoundedShutdown(service.stop, deadline_s=grace + 10, name="learner")
-    shutdown.install()
-    service.wait()
+    signals = ShutdownSignals(service.request_stop, bound_s=grace + 10)
+    signals.install()          # from the main thread
+    ...                        # main thread: wait for the stop request, then stop in order
+    signals.uninstall()
     """
 
-    def __init__(self, stop: Callable[[], None], deadline_s: float, name: str) -> None:
-        if deadline_s <= 0:
-            raise ValueError(f"deadline_s must be positive, got {deadline_s}")
-        self.stop = stop
-        self.deadline_s = deadline_s
-        self.name = name
-        self.stopped = threading.Event()
-        self._requested = threading.Event()
-        self._lock = threading.Lock()
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def install(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
-        for signum in signals:
-            signal.signal(signum, self._on_signal)
+    def __init__(self, on_first: Callable[[], None], bound_s: float) -> None:
+        self.on_first = on_first
+        self.bound_s = bound_s
+        self.received = 0
+        self._previous: dict[int, Any] = {}
+        self._previous_fd = -1
+        self._read_fd = self._write_fd = -1
 
-    @property
-    def requested(self) -> bool:
-        return self._requested.is_set()
+    def install(self) -> None:
+        """From the main thread."""
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)
+        self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        self._previous = {signum: signal.signal(signum, self._ignore) for signum in self.SIGNALS}
+        threading.Thread(target=self._watch, name="shutdown-signals", daemon=True).start()
 
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        with self._lock:
-            again = self._requested.is_set()
-            self._requested.set()
-        if again:
-            logger.warning("signal %d again: %s exits now", signum, self.name)
-            _exit_now(EXIT_FORCED)
-        logger.info(
-            "signal %d: stopping %s (at most %.0f s; a second signal exits at once)",
-            signum,
-            self.name,
-            self.deadline_s,
-        )
-        self.request_stop()
+    def uninstall(self) -> None:
+        """Restore the previous handlers (an armed watchdog stays armed)."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        signal.set_wakeup_fd(self._previous_fd)
+        os.close(self._write_fd)  # the watcher reads end-of-file and returns
 
-    def request_stop(self) -> None:
-        """Start the orderly stop and arm the backstop (what the first signal does)."""
-        self._requested.set()
-        threading.Thread(target=self._run_stop, name="bounded-stop", daemon=True).start()
-        threading.Thread(target=self._backstop, name="shutdown-backstop", daemon=True).start()
+    @staticmethod
+    def _ignore(signum: int, _frame: Any) -> None:
+        """The watcher thread does the work."""
 
-    def _run_stop(self) -> None:
+    def _watch(self) -> None:
         try:
-            self.stop()
-        except Exception:
-            logger.exception("orderly stop of %s failed", self.name)
+            while data := os.read(self._read_fd, 64):
+                for signum in data:
+                    if signum in self.SIGNALS:
+                        self._received(signum)
         finally:
-            self.stopped.set()
+            os.close(self._read_fd)
 
-    def _backstop(self) -> None:
-        # Sleeps through the orderly stop and the interpreter's exit; a process that got that far is gone
-        # before this wakes (daemon threads die with it).
-        threading.Event().wait(self.deadline_s)
-        alive = sorted(t.name for t in threading.enumerate() if t is not threading.current_thread())
-        finished = self.stopped.is_set()
-        logger.error(
-            "%s did not exit within %.0f s of the stop signal (orderly stop %s; threads still running: %s); "
-            "exiting without waiting",
-            self.name,
-            self.deadline_s,
-            "finished" if finished else "unfinished",
-            ", ".join(alive[:20]) + (f" and {len(alive) - 20} more" if len(alive) > 20 else ""),
+    def _received(self, signum: int) -> None:
+        self.received += 1
+        name = signal.Signals(signum).name
+        if self.received > 1:
+            logger.warning("%s again: exiting now", name)
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            os._exit(128 + signum)
+        logger.info(
+            "%s: stopping; forced exit in %.0f s, at once on a second signal",
+            name,
+            self.bound_s,
         )
-        _exit_now(0 if finished else EXIT_FORCED)
+        faulthandler.dump_traceback_later(self.bound_s, exit=True)
+        self.on_first()

@@ -294,3 +294,95 @@ class _Operator(operator_pb2_grpc.OperatorServicer):
                 yield commands.get(timeout=0.05)
             except queue.Empty:
                 continue
+
+
+class SilentLearner:
+    """A learner that accepts TCP connections and never says a word (no HTTP/2 settings, no answer): every
+    call of a robot pointed at it hangs until its deadline or its cancellation."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.bind(("127.0.0.1", 0))
+        self._socket.listen(64)
+        self.port = int(self._socket.getsockname()[1])
+        self.connections: list[Any] = []
+        self._closed = threading.Event()
+        threading.Thread(target=self._accept, name="silent-learner", daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:
+                return
+            self.connections.append(connection)  # held open, never read from or written to
+
+    def close(self) -> None:
+        self._closed.set()
+        self._socket.close()
+        for connection in self.connections:
+            connection.close()
+
+
+class HangingLearner:
+    """A real gRPC learner that answers nothing: every call is accepted and then left hanging (an upload's
+    chunks are not even read), except QueryUpload, which says "nothing held" so that uploads start.
+    `calls` counts the calls that arrived, by method name."""
+
+    def __init__(self) -> None:
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.released = threading.Event()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=64))
+        learner = self
+
+        def hang(name: str, context: grpc.ServicerContext) -> None:
+            learner.calls[name] += 1
+            while context.is_active() and not learner.released.wait(0.1):
+                pass
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the hanging learner let go")
+
+        class Fleet(fleet_pb2_grpc.FleetServicer):
+            def Register(self, request: Any, context: grpc.ServicerContext) -> Any:
+                hang("Register", context)
+
+            def Heartbeat(self, request: Any, context: grpc.ServicerContext) -> Any:
+                hang("Heartbeat", context)
+
+            def QueryUpload(self, request: Any, context: grpc.ServicerContext) -> Any:
+                learner.calls["QueryUpload"] += 1
+                return fleet_pb2.QueryUploadResponse(episode_id=request.episode_id)
+
+            def UploadEpisode(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+                hang("UploadEpisode", context)
+
+            def WatchPolicy(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                hang("WatchPolicy", context)
+                yield from ()
+
+            def FetchCheckpoint(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                hang("FetchCheckpoint", context)
+                yield from ()
+
+        class Operator(operator_pb2_grpc.OperatorServicer):
+            def Session(self, request_iterator: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                hang("Session", context)
+                yield from ()
+
+        fleet_pb2_grpc.add_FleetServicer_to_server(Fleet(), self.server)
+        operator_pb2_grpc.add_OperatorServicer_to_server(Operator(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.released.set()
+        self.server.stop(0).wait()

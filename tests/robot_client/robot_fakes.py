@@ -4,6 +4,8 @@ the subprocess tests (which load policies the way a deployed daemon does)."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,21 @@ def make_fake_robot(config: RobotPluginConfig, control: ControlConfig) -> FakeRo
     return FakeRobot()
 
 
+class StuckOnCloseRobot(FakeRobot):
+    """A robot whose driver hangs when it is released: close() touches $SOP_TEST_CLOSING, then blocks."""
+
+    def close(self) -> None:
+        marker = os.environ.get("SOP_TEST_CLOSING")
+        if marker:
+            Path(marker).touch()
+        time.sleep(3600)
+
+
+def make_stuck_robot(config: RobotPluginConfig, control: ControlConfig) -> FakeRobot:
+    """`robot.type=factory` entry point: a robot whose close() never returns."""
+    return StuckOnCloseRobot()
+
+
 class FakePolicy(Policy):
     """Actions filled with `version / 100`, so every executed action says which policy produced it."""
 
@@ -112,13 +129,16 @@ class FakePolicy(Policy):
             actions, torch.zeros(8, self.action_dim), denoiser_calls=1, warm_started=warm_start is not None
         )
 
+    def policy_config(self) -> dict[str, Any]:
+        return {"execution_horizon": self.execution_horizon, "action_dim": self.action_dim}
+
     def to_checkpoint(self) -> Checkpoint:
         return build_checkpoint(
             {"weight": torch.full((self.weight_elems,), float(self.version))},
             policy_type="fake",
             version=self.version,
             parent_version=None,
-            policy_config={"execution_horizon": self.execution_horizon, "action_dim": self.action_dim},
+            policy_config=self.policy_config(),
             normalization={},
         )
 
@@ -129,8 +149,40 @@ class FakePolicy(Policy):
         return checkpoint_to_bytes(self.to_checkpoint())
 
 
-def fake_blob(version: int, execution_horizon: int = 4, weight_elems: int = 16) -> bytes:
-    return FakePolicy(version, execution_horizon, weight_elems=weight_elems).to_bytes()
+def fake_blob(
+    version: int, execution_horizon: int = 4, weight_elems: int = 16, action_dim: int = ACTION_DIM
+) -> bytes:
+    return FakePolicy(version, execution_horizon, action_dim=action_dim, weight_elems=weight_elems).to_bytes()
+
+
+class FaultyPolicy(FakePolicy):
+    """A FakePolicy whose chunks number `bad_chunks` (0-based, counted over its life) go wrong: `nan` fills
+    them with NaN, `long` gives them one action value too many, `raise` raises instead of answering."""
+
+    policy_type = "fake"
+
+    def __init__(self, version: int, fault: str, bad_chunks: set[int] | None = None) -> None:
+        super().__init__(version)
+        self.fault = fault
+        self.bad_chunks = bad_chunks
+        self.chunk_calls = 0
+
+    def predict_chunk(self, observation: Any, warm_start: torch.Tensor | None = None) -> ActionChunk:
+        index = self.chunk_calls
+        self.chunk_calls += 1
+        chunk = super().predict_chunk(observation, warm_start)
+        if self.bad_chunks is not None and index not in self.bad_chunks:
+            return chunk
+        if self.fault == "raise":
+            raise RuntimeError(f"fault injected in chunk {index}")
+        if self.fault == "long":
+            actions = np.full((8, self.action_dim + 1), self.version / 100.0, dtype=np.float32)
+        else:
+            actions = np.full((8, self.action_dim), np.nan, dtype=np.float32)
+        return ActionChunk(actions, chunk.trajectory, chunk.denoiser_calls, chunk.warm_started)
+
+    def policy_config(self) -> dict[str, Any]:
+        return {**super().policy_config(), "fault": self.fault}
 
 
 def fake_policy_loader(blob: bytes, expected_sha256: str | None) -> FakePolicy:
@@ -140,6 +192,8 @@ def fake_policy_loader(blob: bytes, expected_sha256: str | None) -> FakePolicy:
     if manifest.policy_type != "fake":
         raise ValueError(f"policy_type {manifest.policy_type!r} is not 'fake'")
     config = manifest.policy_config
+    if "fault" in config:  # every chunk goes wrong
+        return FaultyPolicy(manifest.version, str(config["fault"]))
     return FakePolicy(manifest.version, int(config["execution_horizon"]), int(config["action_dim"]))
 
 

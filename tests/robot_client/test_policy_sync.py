@@ -4,14 +4,20 @@ keeps running, fetches that resume from their offset, the last good checkpoint s
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 from fake_learner import FakeLearner
 from robot_fakes import ConfigFactory, FakePolicy, FakeRobot, fake_blob, fake_policy_loader, tamper
 
+from cloud_learner.config import AuthConfig, LearnerConfig, ServerConfig, TrainerConfig
+from cloud_learner.service import LearnerService
 from robot_client.config import ControlConfig, PolicyConfig
 from robot_client.daemon import RobotDaemon
 from sop.episode import ACTION, POLICY_VERSION
+from sop.fleet_trust import FleetTrust, create_fleet_trust
 
 
 def make_daemon(config: object, base_version: int = 1) -> RobotDaemon:
@@ -133,3 +139,83 @@ def test_a_restart_without_the_learner_runs_the_last_good_checkpoint(
     restarted = make_daemon(offline, base_version=1)
     summaries = restarted.run(max_episodes=1)
     assert summaries[0].policy_versions == [5] * 10
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def start_real_learner(run_dir: Path, trust: FleetTrust, signing_key: Path | None) -> LearnerService:
+    config = LearnerConfig(
+        run_dir=str(run_dir),
+        server=ServerConfig(address="127.0.0.1:0", watch_check_interval_s=0.1, shutdown_grace_s=0.2),
+        auth=AuthConfig(token_hashes_file=str(trust.token_hashes)),
+        trainer=TrainerConfig(
+            enabled=False, signing_key_file=None if signing_key is None else str(signing_key)
+        ),
+    )
+    service = LearnerService(config)
+    service.start()
+    blob = fake_blob(2)
+    service.publisher.announce(service.checkpoints.publish(blob, train_step=1), blob)
+    return service
+
+
+def run_robot_against(
+    service: LearnerService, trust: FleetTrust, public_key: Path, data_dir: Path, robot_config: ConfigFactory
+) -> RobotDaemon:
+    """A robot holding `public_key` runs against `service` (which announces v2) until it took v2 or refused it."""
+    config = robot_config(
+        f"127.0.0.1:{service.port}", control=ControlConfig(rate_hz=200.0, max_episode_steps=10)
+    )
+    config = replace(
+        config,
+        data_dir=str(data_dir),
+        learner=replace(config.learner, token_file=str(trust.robots["robot-1"].token)),
+        policy=replace(config.policy, checkpoint_public_key_file=str(public_key)),
+    )
+    daemon = make_daemon(config)
+    daemon.start(max_episodes=0)
+    assert wait_for(lambda: daemon.policy_version == 2 or bool(rejected(daemon))), (
+        "v2 neither taken nor refused"
+    )
+    episodes = len(daemon.summaries)
+    assert wait_for(lambda: len(daemon.summaries) >= episodes + 2), "the robot stopped running episodes"
+    daemon.stop()
+    return daemon
+
+
+def test_signed_checkpoints_run_and_unsigned_or_foreign_ones_are_refused(
+    tmp_path: Path, robot_config: ConfigFactory
+) -> None:
+    trust = create_fleet_trust(tmp_path / "fleet", ["robot-1"])
+    foreign = create_fleet_trust(tmp_path / "foreign", ["robot-1"])
+    learner_key = trust.robots["robot-1"].checkpoint_public_key
+
+    signed = start_real_learner(tmp_path / "signed", trust, trust.signing_key)
+    try:
+        good = run_robot_against(signed, trust, learner_key, tmp_path / "a", robot_config)
+        assert good.policy_version == 2 and rejected(good) == {}
+        # A robot that trusts another key refuses the learner's checkpoint and keeps running its policy.
+        other = run_robot_against(
+            signed, trust, foreign.robots["robot-1"].checkpoint_public_key, tmp_path / "b", robot_config
+        )
+        assert rejected(other) == {"bad_signature": 1.0}
+        assert other.policy_version == 1 and all(set(s.policy_versions) == {1} for s in other.summaries)
+    finally:
+        signed.stop()
+
+    unsigned = start_real_learner(tmp_path / "unsigned", trust, None)
+    try:
+        refused = run_robot_against(unsigned, trust, learner_key, tmp_path / "c", robot_config)
+        assert rejected(refused) == {"unsigned": 1.0}
+        assert refused.policy_version == 1 and all(set(s.policy_versions) == {1} for s in refused.summaries)
+        # Nothing refused was kept as the last good checkpoint for a restart.
+        assert not (tmp_path / "c" / "robot-1" / "policy" / "current.json").exists()
+    finally:
+        unsigned.stop()
