@@ -8,8 +8,10 @@ What happens, in order:
 1. A weak base policy: a few scripted demonstrations per task, a short behaviour-cloning run. Cached under
    `base.cache_dir` by a hash of everything that shapes it, so the second run starts at step 2.
 2. The learner (`sop learner serve`) and N robot daemons (`sop robot run`) start as separate processes that
-   talk gRPC on 127.0.0.1 with per-robot tokens, exactly as they would across machines. Each robot runs
-   its own task instance with a simulated operator who takes over when the policy stalls.
+   talk gRPC on 127.0.0.1 exactly as they would across machines: mutual TLS with per-robot certificates and
+   tokens, and checkpoints signed by the learner and checked by every robot (`sop fleet init`'s material,
+   made fresh for each run in `<run>/fleet/`). Each robot runs its own task instance with a simulated
+   operator who takes over when the policy stalls.
 3. For `budget_s` the terminal shows each robot's task, episodes, policy version, success and intervention
    rates, and the learner's steps and checkpoints.
 4. Everything stops cleanly (robots first: their spools are flushed; then the learner) — also on Ctrl-C.
@@ -41,7 +43,7 @@ from sim.fleet_processes import FleetProcesses, free_port, wait_for_port
 from sim.fleet_report import plot_run, read_episode_events, read_jsonl, summarize, write_report
 from sim.tasks import expand_task_list_flag
 from sop.config import config_to_dict, parse_config
-from sop.credentials import TokenRegistry, new_token
+from sop.fleet_trust import FleetTrust, create_fleet_trust, learner_flags, robot_flags
 from sop.policies.configuration_diffusion import DiffusionPolicyConfig, SamplerConfig, SamplerKind
 from sop.training.trainer import OptimizerConfig
 
@@ -288,21 +290,9 @@ class FleetView:
 # The run ---------------------------------------------------------------------------------------------------------
 
 
-def write_credentials(run_dir: Path, robot_ids: list[str]) -> tuple[Path, dict[str, Path]]:
-    """One fresh token per robot; the learner gets only their hashes."""
-    folder = run_dir / "credentials"
-    folder.mkdir(parents=True, exist_ok=True)
-    registry = TokenRegistry({})
-    token_files = {}
-    for robot_id in robot_ids:
-        token = new_token()
-        registry.add(robot_id, token)
-        token_files[robot_id] = folder / f"{robot_id}.token"
-        token_files[robot_id].write_text(token + "\n")
-        token_files[robot_id].chmod(0o600)
-    hashes = folder / "token_hashes.json"
-    registry.write(hashes)
-    return hashes, token_files
+def write_fleet_trust(run_dir: Path, robot_ids: list[str]) -> FleetTrust:
+    """A fresh CA, certificates, tokens and signing key for this run (what `sop fleet init` writes)."""
+    return create_fleet_trust(run_dir / "fleet", robot_ids, force=True)
 
 
 def learner_training_args(
@@ -333,7 +323,7 @@ def learner_training_args(
 
 
 def learner_args(
-    config: FleetDemoConfig, run_dir: Path, port: int, base: Path, demos: Path, hashes: Path
+    config: FleetDemoConfig, run_dir: Path, port: int, base: Path, demos: Path, trust: FleetTrust
 ) -> list[str]:
     return [
         "learner",
@@ -341,13 +331,18 @@ def learner_args(
         *learner_training_args(config, run_dir / "learner", base, [demos]),
         "--server.address",
         f"127.0.0.1:{port}",
-        "--auth.token_hashes_file",
-        str(hashes),
+        *learner_flags(trust),
     ]
 
 
 def robot_args(
-    config: FleetDemoConfig, run_dir: Path, index: int, robot_id: str, port: int, base: Path, token: Path
+    config: FleetDemoConfig,
+    run_dir: Path,
+    index: int,
+    robot_id: str,
+    port: int,
+    base: Path,
+    trust: FleetTrust,
 ) -> list[str]:
     args = [
         "robot",
@@ -358,8 +353,7 @@ def robot_args(
         robot_id,
         "--learner",
         f"127.0.0.1:{port}",
-        "--token-file",
-        str(token),
+        *robot_flags(trust, robot_id),
         "--data-dir",
         str(run_dir / "robots"),
         "--robot.task",
@@ -413,7 +407,7 @@ def run_online_phase(
     """Start the learner and `config.robots` robot daemons, run them for `config.budget_s` (or until `watch`,
     called about once a second, returns True) and stop them all cleanly, also on Ctrl-C / SIGTERM."""
     robot_ids = [f"robot-{i}" for i in range(config.robots)]
-    hashes, token_files = write_credentials(run_dir, robot_ids)
+    trust = write_fleet_trust(run_dir, robot_ids)
     processes = FleetProcesses(run_dir / "logs")
     port = free_port()
     view = FleetView(run_dir, {rid: config.robot_task(i) for i, rid in enumerate(robot_ids)})
@@ -427,14 +421,17 @@ def run_online_phase(
     env = {"OMP_NUM_THREADS": "1", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "PYTHONUNBUFFERED": "1"}
     try:
         learner = processes.start(
-            "learner", learner_args(config, run_dir, port, base_checkpoint, demos, hashes), env
+            "learner", learner_args(config, run_dir, port, base_checkpoint, demos, trust), env
         )
         wait_for_port("127.0.0.1", port, timeout_s=120, process=learner.process)
-        console.print(f"learner listening on 127.0.0.1:{port}; starting {config.robots} robot daemons")
+        console.print(
+            f"learner listening on 127.0.0.1:{port} (mutual TLS, signed checkpoints); "
+            f"starting {config.robots} robot daemons"
+        )
         for i, robot_id in enumerate(robot_ids):
             processes.start(
                 robot_id,
-                robot_args(config, run_dir, i, robot_id, port, base_checkpoint, token_files[robot_id]),
+                robot_args(config, run_dir, i, robot_id, port, base_checkpoint, trust),
                 env,
             )
         view.started = time.monotonic()
