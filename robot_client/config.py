@@ -362,10 +362,16 @@ class RobotConfig:
     # exits at the latest FORCED_EXIT_MARGIN_S (5 s) later, with the stuck threads' tracebacks on stderr.
     # A partial episode left by that is recovered at the next start. A second signal exits at once.
     shutdown_grace_s: float = 5.0
+    # > 0: do not run the robot; upload what the spool holds (recovered partial episodes included), waiting
+    # at most this many seconds, then exit (status 0 when the spool is empty, 3 when it is not). For a
+    # robot going into maintenance or out of service: `sop robot run ... --drain 600`.
+    drain_timeout_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.shutdown_grace_s >= 0:
             raise ValueError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s}")
+        if not self.drain_timeout_s >= 0:
+            raise ValueError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
         if not self.robot_id or any(c.isspace() or c in "/\\" for c in self.robot_id):
             raise ValueError(
                 f"robot_id must be a non-empty name without spaces or slashes, got {self.robot_id!r}"

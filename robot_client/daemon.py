@@ -1,6 +1,7 @@
 """The robot daemon: one robot, its policy, its operators, its spool, its link to the learner.
 
     sop robot run --config configs/robot.yaml --learner HOST:PORT --robot-id ID --token-file FILE
+    sop robot run ... --drain 600           # no robot: upload the spool, exit 0 when empty (3 if not)
 
 Threads: the control loop (fixed rate, its own thread), the spool writer, the uploader, PolicySync (watch
 + fetch/verify/load), fleet membership (register + heartbeats), the operator session, and a metrics
@@ -11,6 +12,7 @@ Python API (what the fleet harness uses):
 
     daemon = RobotDaemon(config)            # or RobotDaemon(config, robot=..., operator=..., policy_loader=...)
     daemon.start(max_episodes=10)           # returns at once; the control loop runs on its own thread
+    daemon.start(run_robot=False)           # spool, uploader and learner link only (draining)
     daemon.wait(timeout_s)                  # until the episodes are done (or the control loop failed)
     daemon.wait_for_uploads(timeout_s)      # until the spool is empty
     daemon.stop()                           # an episode in progress ends as `aborted` and is kept
@@ -42,7 +44,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,8 @@ log = logging.getLogger(__name__)
 
 # After a signal, the process exits at the latest this long after `shutdown_grace_s` (see the docstring).
 FORCED_EXIT_MARGIN_S = 5.0
+# `sop robot run --drain S`: the spool was not empty when the drain ended.
+EXIT_NOT_DRAINED = 3
 
 # The short flags of `sop robot run`, spelled as the config keys they set.
 FLAG_ALIASES = {
@@ -84,6 +88,7 @@ FLAG_ALIASES = {
     "--tls-ca-file": "--learner.tls_ca_file",
     "--max-episodes": "--control.max_episodes",
     "--data-dir": "--data_dir",
+    "--drain": "--drain_timeout_s",
 }
 
 
@@ -205,8 +210,9 @@ class RobotDaemon:
 
     # Lifecycle --------------------------------------------------------------------------------------------
 
-    def start(self, max_episodes: int | None = None) -> None:
-        """Bring everything up and start the control loop on its own thread; returns at once."""
+    def start(self, max_episodes: int | None = None, *, run_robot: bool = True) -> None:
+        """Bring everything up and start the control loop on its own thread; returns at once. With
+        `run_robot=False` only the spool, the uploader and the learner link run (draining the spool)."""
         if self._started:
             raise RuntimeError("RobotDaemon.start() called twice; make a new daemon to run again")
         self._started = True
@@ -286,6 +292,8 @@ class RobotDaemon:
                 target=self._log_metrics, name=f"{config.robot_id}-metrics", daemon=True
             )
             self._logger_thread.start()
+        if not run_robot:
+            return
         episodes = config.control.max_episodes if max_episodes is None else max_episodes
         self._control_thread = threading.Thread(
             target=self._control, args=(episodes,), name=f"{config.robot_id}-control", daemon=True
@@ -328,12 +336,13 @@ class RobotDaemon:
         self._control_thread.join(timeout_s)
         return not self._control_thread.is_alive()
 
-    def wait_for_uploads(self, timeout_s: float) -> bool:
-        """Wait until every recorded episode has been committed by the learner (or quarantined)."""
+    def wait_for_uploads(self, timeout_s: float, until: Callable[[], bool] = lambda: False) -> bool:
+        """Wait until every recorded episode has been committed by the learner (or quarantined); gives up
+        after `timeout_s` or once `until()` holds."""
         deadline = time.monotonic() + timeout_s
         if self.recorder is not None:
             self.recorder.drain(timeout_s)
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not until():
             if self.spool is not None and not self.spool.pending():
                 return True
             time.sleep(0.05)
@@ -423,10 +432,16 @@ def main(argv: list[str] | None = None) -> int:
     daemon = RobotDaemon(config)
     signals = ShutdownSignals(daemon.request_stop, config.shutdown_grace_s + FORCED_EXIT_MARGIN_S)
     signals.install()
+    drained = True
     try:
-        daemon.start()
-        while not daemon.wait(0.5) and not daemon.stop_requested:
-            pass
+        if config.drain_timeout_s > 0:
+            daemon.start(run_robot=False)
+            drained = daemon.wait_for_uploads(config.drain_timeout_s, until=lambda: daemon.stop_requested)
+            log.info("drain: the spool is %s", "empty" if drained else "not empty (stopped or timed out)")
+        else:
+            daemon.start()
+            while not daemon.wait(0.5) and not daemon.stop_requested:
+                pass
     finally:
         stopping = time.monotonic()
         daemon.stop()
@@ -435,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     if daemon.error is not None:
         log.error("robot daemon failed: %s", daemon.error)
         return 1
-    return 0
+    return 0 if drained else EXIT_NOT_DRAINED
 
 
 def spawn_daemon_process(
