@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sop.data.codec import encode_tensor
+from sop.safe_logging import RateLimitedLog, client_str
 from sop.v1 import operator_pb2
 
 logger = logging.getLogger(__name__)
+throttled = RateLimitedLog(logger)
 
 COMMAND_QUEUE_LIMIT = 256
 OUTCOMES = ("success", "failure", "timeout", "aborted")
@@ -74,8 +76,11 @@ class OperatorRelay:
         try:
             session.commands.put_nowait(command)
         except queue.Full:
-            logger.warning(
-                "command queue of robot %s is full; dropping %s", robot_id, command.WhichOneof("command")
+            throttled.warning(
+                "command-queue-full",
+                "command queue of robot %s is full; dropping %s",
+                client_str(robot_id),
+                command.WhichOneof("command"),
             )
             return False
         return True
@@ -172,10 +177,11 @@ class OperatorRelay:
         try:
             for message in telemetry:
                 if message.robot_id and message.robot_id != session.robot_id:
-                    logger.warning(
+                    throttled.warning(
+                        "telemetry-robot-id",
                         "robot %s sent telemetry naming %s; ignoring that message",
-                        session.robot_id,
-                        message.robot_id,
+                        client_str(session.robot_id),
+                        client_str(message.robot_id),
                     )
                     continue
                 session.latest = message

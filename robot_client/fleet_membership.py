@@ -115,11 +115,20 @@ class FleetMembership:
                 # The learner may have restarted and lost our session: register again.
                 self.registered.clear()
                 delay = backoff.next_delay()
-                level = logging.ERROR if code == grpc.StatusCode.UNAUTHENTICATED else logging.WARNING
+                # Refusals a retry will not cure (wrong credentials, a robot that does not fit the learner's
+                # policy) are errors for the person who configured this robot; the rest are transient.
+                level = logging.ERROR if code in REFUSALS_NEEDING_A_PERSON else logging.WARNING
                 log.log(
                     level, "%s failed (%s: %s); retrying in %.1f s", rpc, code.name, rpc_details(exc), delay
                 )
                 self._stop.wait(delay)
+
+
+REFUSALS_NEEDING_A_PERSON = (
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+)
 
 
 def client_version() -> str:
