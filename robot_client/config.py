@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from robot_client.kinds import OPERATOR_KINDS, ROBOT_KINDS
+
 MIB: Final = 1 << 20
 GIB: Final = 1 << 30
 
-ROBOT_TYPES: Final = ("metaworld", "lerobot", "factory")
-OPERATOR_TYPES: Final = ("none", "simulated", "lerobot_teleop", "factory")
 SWAP_POINTS: Final = ("episode", "chunk")
 PARTIAL_EPISODE_POLICIES: Final = ("upload_aborted", "discard")
 
@@ -155,8 +155,9 @@ class ControlConfig:
 class RobotPluginConfig:
     """Which robot the daemon drives."""
 
-    # metaworld: a simulated task (sim/); lerobot: an arm through a lerobot `Robot`;
-    # factory: any `robot_client.robots.Robot` built by `factory`.
+    # The robot kind, looked up by name (robot_client/kinds.py): metaworld, a simulated task (provided by
+    # sim/robot_plugins.py); lerobot, an arm through a lerobot `Robot`; factory, any
+    # `robot_client.robots.Robot` built by `factory`; or a kind another installed package provides.
     type: str = "metaworld"
     # Task id (Meta-World name, e.g. "reach-v3"); for a real arm, the task it is set up for.
     task: str = "reach-v3"
@@ -174,7 +175,7 @@ class RobotPluginConfig:
     factory: str | None = None
 
     def __post_init__(self) -> None:
-        _one_of("robot", "type", self.type, ROBOT_TYPES)
+        ROBOT_KINDS.check(self.type)
         if not self.task:
             raise ValueError("robot.task must name a task")
         _positive("robot", image_size=self.image_size)
@@ -190,7 +191,9 @@ class RobotPluginConfig:
 class OperatorConfig:
     """Who may take over: a local operator (simulated or a teleop device) and/or the remote console."""
 
-    # none | simulated (the scripted expert of sim/) | lerobot_teleop (a lerobot Teleoperator) | factory.
+    # The operator kind, looked up by name (robot_client/kinds.py): none | simulated (the scripted expert,
+    # provided by sim/robot_plugins.py) | lerobot_teleop (a lerobot Teleoperator) | factory | a kind
+    # another installed package provides.
     type: str = "none"
     # Accept the console's take-over / hand-back / teleop actions / outcome labels over Operator.Session.
     remote: bool = True
@@ -206,7 +209,7 @@ class OperatorConfig:
     factory: str | None = None
 
     def __post_init__(self) -> None:
-        _one_of("operator", "type", self.type, OPERATOR_TYPES)
+        OPERATOR_KINDS.check(self.type)
         _positive("operator", teleop_timeout_s=self.teleop_timeout_s)
         if self.type == "lerobot_teleop" and self.teleop_config is None:
             raise ValueError("operator.teleop_config is required when operator.type is lerobot_teleop")

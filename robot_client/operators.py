@@ -1,8 +1,10 @@
 """Operator inputs: who may take control from the policy, and with which actions.
 
-Three sources, one interface (`OperatorInput.step -> OperatorDecision`):
+Sources, one interface (`OperatorInput.step -> OperatorDecision`):
 
-- `SimulatedOperatorInput`: the scripted expert of `sim/` acting like a person (reaction delay, noise).
+- A local input of the kind `operator.type` names, looked up in `robot_client.kinds`: robot_client's own
+  are `none`, `lerobot_teleop` and `factory` (a `module:function`); other packages provide more (`sim`
+  provides `simulated`, its scripted expert acting like a person: `sim/robot_plugins.py`).
 - `LeRobotTeleopInput`: a lerobot `Teleoperator` (leader arm, gamepad, keyboard). Devices that report
   intervention events (`get_teleop_events`, e.g. the gamepad's intervention button) gate control
   themselves; a leader arm without events drives only while the console has taken over (or always, when
@@ -26,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from robot_client.config import OperatorConfig, RobotPluginConfig
-from robot_client.robots import Observation
+from robot_client.kinds import OPERATOR_KINDS
+from robot_client.robots import LeRobotRobot, Observation, Robot, load_factory, load_lerobot_device_config
 from sop.episode import Outcome
 from sop.safe_logging import client_str
 
@@ -65,34 +68,6 @@ class OperatorInput(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 (optional hook)
         """Release the device."""
-
-
-class SimulatedOperatorInput(OperatorInput):
-    """The simulated operator of `sim/` (imported on use: a real robot needs no simulator)."""
-
-    def __init__(self, task: str, seed: int = 0) -> None:
-        from sim.operator import OperatorConfig as SimOperatorConfig
-        from sim.operator import SimulatedOperator
-
-        self.operator = SimulatedOperator(task, SimOperatorConfig(), seed=seed)
-
-    @staticmethod
-    def _raw(observation: Observation) -> dict[str, Any]:
-        return observation.policy_input()
-
-    def begin_episode(self, episode_id: str, observation: Observation) -> None:
-        self.operator.reset(self._raw(observation))
-
-    def step(self, observation: Observation, policy_action: np.ndarray, success: bool) -> OperatorDecision:
-        decision = self.operator.step(self._raw(observation), policy_action, {"success": success})
-        action = None if decision.action is None else np.asarray(decision.action, dtype=np.float32)
-        event = decision.event
-        text = (
-            None
-            if event is None
-            else f"simulated operator {type(event).__name__}: {getattr(event, 'reason', event)}"
-        )
-        return OperatorDecision(intervening=bool(decision.intervening), action=action, event=text)
 
 
 class LeRobotTeleopInput(OperatorInput):
@@ -246,36 +221,53 @@ class OperatorPanel:
             self.local.close()
 
 
-def make_local_operator(
-    config: OperatorConfig, robot_config: RobotPluginConfig, action_keys: Sequence[str] | None = None
-) -> OperatorInput | None:
-    """The local operator input the config names (None for `none`)."""
-    if config.type == "none":
-        return None
-    if config.type == "simulated":
-        return SimulatedOperatorInput(robot_config.task, seed=config.seed)
-    if config.type == "lerobot_teleop":
-        from lerobot.teleoperators import TeleoperatorConfig, make_teleoperator_from_config
+def make_no_operator(config: OperatorConfig, robot_config: RobotPluginConfig, robot: Robot) -> None:
+    """The `none` operator kind: no local operator (the remote console may still take over)."""
+    return None
 
-        from robot_client.robots import load_lerobot_device_config
 
-        if action_keys is None:
-            raise ValueError(
-                "operator.type lerobot_teleop needs a robot with named action keys (robot.type lerobot)"
-            )
-        assert config.teleop_config is not None
-        device_config = load_lerobot_device_config(
-            TeleoperatorConfig, "lerobot.teleoperators", config.teleop_config
+def make_lerobot_teleop(
+    config: OperatorConfig, robot_config: RobotPluginConfig, robot: Robot
+) -> LeRobotTeleopInput:
+    """The `lerobot_teleop` operator kind: the teleoperator of the lerobot config file `operator.teleop_config`,
+    mapped onto the action keys of a `lerobot` robot."""
+    from lerobot.teleoperators import TeleoperatorConfig, make_teleoperator_from_config
+
+    if not isinstance(robot, LeRobotRobot):
+        raise ValueError(
+            "operator.type lerobot_teleop needs a robot with named action keys (robot.type lerobot)"
         )
-        return LeRobotTeleopInput(
-            make_teleoperator_from_config(device_config), action_keys, config.teleop_always_intervenes
-        )
-    from robot_client.robots import load_factory
+    assert config.teleop_config is not None
+    device_config = load_lerobot_device_config(
+        TeleoperatorConfig, "lerobot.teleoperators", config.teleop_config
+    )
+    return LeRobotTeleopInput(
+        make_teleoperator_from_config(device_config), robot.action_keys, config.teleop_always_intervenes
+    )
 
+
+def make_factory_operator(
+    config: OperatorConfig, robot_config: RobotPluginConfig, robot: Robot
+) -> OperatorInput:
+    """The `factory` operator kind: `operator.factory` ("package.module:function") builds the input from
+    (operator config, robot config)."""
     assert config.factory is not None
     operator = load_factory(config.factory)(config, robot_config)
     if not isinstance(operator, OperatorInput):
         raise ValueError(
             f"operator.factory {config.factory!r} returned {type(operator).__name__}, not an OperatorInput"
+        )
+    return operator
+
+
+def make_local_operator(
+    config: OperatorConfig, robot_config: RobotPluginConfig, robot: Robot
+) -> OperatorInput | None:
+    """The local operator input of kind `operator.type` (see `robot_client.kinds`) for this robot; None
+    when the kind provides none (`none`)."""
+    operator = OPERATOR_KINDS.load(config.type)(config, robot_config, robot)
+    if operator is not None and not isinstance(operator, OperatorInput):
+        raise ValueError(
+            f"operator.type {config.type!r} built a {type(operator).__name__}, not an OperatorInput"
         )
     return operator

@@ -2,13 +2,16 @@
 
 `Robot` is what the control loop needs from a body: start an episode, apply one action, say what a
 "hold still" action is and what its safe action is (what runs instead of a command that must not: a
-teleop action of the wrong length, a policy output with a NaN). Two plug-ins ship:
+teleop action of the wrong length, a policy output with a NaN).
 
-- `MetaWorldRobot`: a simulated Meta-World task from `sim/` (the CI harness and the demo).
-- `LeRobotRobot`: any arm lerobot supports, through lerobot's `Robot` (`get_observation` /
-  `send_action`); state and action vectors are the robot's float features in lerobot's order.
+`make_robot` builds the robot kind that `robot.type` names, looked up in `robot_client.kinds` (this module
+never imports a simulator or a driver it does not need). Two kinds are robot_client's own:
 
-Anything else plugs in through `robot.type=factory` and a `module:function` that returns a `Robot`.
+- `lerobot`: any arm lerobot supports, through lerobot's `Robot` (`get_observation` / `send_action`);
+  state and action vectors are the robot's float features in lerobot's order.
+- `factory`: anything else, through a `module:function` that returns a `Robot`.
+
+Other packages provide more (`sim` provides `metaworld`, a simulated Meta-World task: `sim/robot_plugins.py`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from robot_client.config import ControlConfig, RobotPluginConfig
+from robot_client.kinds import ROBOT_KINDS
 
 
 @dataclass
@@ -89,64 +93,6 @@ class Robot(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 (optional hook: most robots hold nothing to release)
         """Release the hardware or the simulator."""
-
-
-class MetaWorldRobot(Robot):
-    """A Meta-World task from `sim/` as a robot. `sim` is imported here, on use, because a daemon on a
-    real arm must not need MuJoCo."""
-
-    def __init__(self, config: RobotPluginConfig, control: ControlConfig) -> None:
-        from sim.metaworld_env import ACTION_DIM, STATE_DIM, EnvConfig, make_env
-
-        self.env = make_env(
-            config.task,
-            EnvConfig(
-                max_episode_steps=control.max_episode_steps,
-                image=config.image,
-                camera=config.camera,
-                image_height=config.image_size,
-                image_width=config.image_size,
-            ),
-            seed=config.seed,
-        )
-        self.task = config.task
-        self.state_dim = int(STATE_DIM)
-        self.action_dim = int(ACTION_DIM)
-        self.cameras = (config.camera,) if config.image else ()
-        self._instruction_override = config.instruction
-
-    def _observation(self, raw: dict[str, Any]) -> Observation:
-        images = {self.cameras[0]: raw["image"]} if self.cameras and "image" in raw else {}
-        instruction = self._instruction_override or str(raw["instruction"])
-        return Observation(np.asarray(raw["state"], dtype=np.float32), instruction, self.task, images)
-
-    def start_episode(self) -> Observation:
-        raw, _info = self.env.reset()
-        return self._observation(raw)
-
-    def step(self, action: np.ndarray) -> StepResult:
-        raw, reward, terminated, truncated, info = self.env.step(action)
-        return StepResult(
-            observation=self._observation(raw),
-            reward=float(reward),
-            success=bool(info.get("success", False)),
-            done=bool(terminated or truncated),
-        )
-
-    def hold_action(self, observation: Observation) -> np.ndarray:
-        # Meta-World actions are hand displacements: zero displacement holds; keep the gripper as it is
-        # (observation.state[3] is the opening, the action's last entry is the closing effort).
-        hold = np.zeros(self.action_dim, dtype=np.float32)
-        hold[-1] = np.float32(1.0 if observation.state[3] < 0.5 else -1.0)
-        return hold
-
-    def safe_action(self, observation: Observation) -> np.ndarray:
-        # Zero hand motion with the gripper kept as it was: an object in the gripper is not dropped and
-        # an open gripper does not close on something it should not hold. That is the hold action.
-        return self.hold_action(observation)
-
-    def close(self) -> None:
-        self.env.close()
 
 
 def _is_image_feature(value: Any) -> bool:
@@ -247,19 +193,28 @@ def load_factory(path: str) -> Callable[..., Any]:
     return factory
 
 
-def make_robot(config: RobotPluginConfig, control: ControlConfig) -> Robot:
-    """The robot the config names."""
-    if config.type == "metaworld":
-        return MetaWorldRobot(config, control)
-    if config.type == "lerobot":
-        from lerobot.robots import RobotConfig as LeRobotConfig
-        from lerobot.robots import make_robot_from_config
+def make_lerobot_robot(config: RobotPluginConfig, control: ControlConfig) -> Robot:
+    """The `lerobot` robot kind: the arm described by the lerobot RobotConfig file `robot.lerobot_config`."""
+    from lerobot.robots import RobotConfig as LeRobotConfig
+    from lerobot.robots import make_robot_from_config
 
-        assert config.lerobot_config is not None
-        device_config = load_lerobot_device_config(LeRobotConfig, "lerobot.robots", config.lerobot_config)
-        return LeRobotRobot(make_robot_from_config(device_config), config.task, config.instruction)
+    assert config.lerobot_config is not None
+    device_config = load_lerobot_device_config(LeRobotConfig, "lerobot.robots", config.lerobot_config)
+    return LeRobotRobot(make_robot_from_config(device_config), config.task, config.instruction)
+
+
+def make_factory_robot(config: RobotPluginConfig, control: ControlConfig) -> Robot:
+    """The `factory` robot kind: `robot.factory` ("package.module:function") builds the robot."""
     assert config.factory is not None
     robot = load_factory(config.factory)(config, control)
     if not isinstance(robot, Robot):
         raise ValueError(f"robot.factory {config.factory!r} returned {type(robot).__name__}, not a Robot")
+    return robot
+
+
+def make_robot(config: RobotPluginConfig, control: ControlConfig) -> Robot:
+    """The robot the config names: the factory of kind `robot.type` (see `robot_client.kinds`)."""
+    robot = ROBOT_KINDS.load(config.type)(config, control)
+    if not isinstance(robot, Robot):
+        raise ValueError(f"robot.type {config.type!r} built a {type(robot).__name__}, not a Robot")
     return robot

@@ -15,7 +15,7 @@ import pytest
 from fake_learner import FakeLearner
 from robot_fakes import ACTION_DIM, ConfigFactory, FakePolicy, FakeRobot, ScriptedOperator, fake_policy_loader
 
-from robot_client.config import ControlConfig, OperatorConfig, RobotPluginConfig
+from robot_client.config import ControlConfig, OperatorConfig
 from robot_client.daemon import RobotDaemon
 from robot_client.intervention_gate import InterventionGate
 from robot_client.operators import LeRobotTeleopInput, OperatorDecision, OperatorPanel, RemoteCommands
@@ -101,24 +101,6 @@ def test_console_takes_over_teleoperates_hands_back_and_labels(
     assert np.logical_or(np.isclose(executed, 0.3), np.isclose(executed, 0.0)).all()
     assert np.allclose(episode.steps[POLICY_ACTION], 0.01)
     assert any(t.outcome == "failure" for t in learner.state.telemetry)
-
-
-def test_simulated_operator_drives_a_metaworld_robot(robot_config: ConfigFactory) -> None:
-    config = robot_config(
-        None,
-        control=ControlConfig(free_running=True, max_episode_steps=80),
-        robot=RobotPluginConfig(type="metaworld", task="push-v3", seed=3),
-        operator=OperatorConfig(type="simulated", remote=False, seed=1),
-    )
-    daemon = RobotDaemon(config, base_policy=FakePolicy(1, action_dim=4))
-    (summary,) = daemon.run(max_episodes=1)
-    assert daemon.spool is not None
-    episode = daemon.spool.read(daemon.spool.pending()[0].episode_id)
-    flags = episode.steps[INTERVENTION]
-    assert summary.intervention_steps == int(flags.sum()) > 0, "the stalled policy was never taken over"
-    assert episode.steps["observation.state"].shape == (summary.steps, 39)
-    assert not np.allclose(episode.steps[ACTION][flags], episode.steps[POLICY_ACTION][flags])
-    assert np.allclose(episode.steps[ACTION][~flags], 0.01)
 
 
 def test_gate_holds_still_on_a_missing_or_broken_operator_action() -> None:
