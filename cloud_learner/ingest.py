@@ -428,7 +428,7 @@ class Ingest:
         self._streams_by_episode: dict[str, int] = {}
         self._features_lock = threading.Lock()
         self._fallback_tasks = tuple(replay_tasks) or offline_tasks(store)
-        self._features = PolicyFeatures(state_dim=None, action_dim=None)
+        self._features: PolicyFeatures | None = None  # set_features below; None: nothing warned yet
         self.set_features(features)
         self._commits: queue.Queue[tuple[Episode, concurrent.futures.Future[CommitResult]] | None] = (
             queue.Queue()
@@ -453,8 +453,9 @@ class Ingest:
         base = features if features is not None else PolicyFeatures(state_dim=None, action_dim=None)
         effective = base.with_tasks(self._fallback_tasks)
         with self._features_lock:
+            warned_before = self._features is not None and not self._features.tasks
             self._features = effective
-        if not effective.tasks:
+        if not effective.tasks and not warned_before:
             logger.warning(
                 "any task name is accepted: the policy has no task list, replay.tasks is empty and the replay "
                 "holds no offline demonstrations; set replay.tasks so that robots cannot add tasks"
@@ -464,6 +465,7 @@ class Ingest:
     def features(self) -> PolicyFeatures:
         """What an episode must fit now (the served policy's features with the learner's task set)."""
         with self._features_lock:
+            assert self._features is not None  # set in __init__
             return self._features
 
     # Staging upkeep.

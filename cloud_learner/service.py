@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -49,7 +50,7 @@ from cloud_learner.roster import FleetRoster
 from cloud_learner.stream_limits import StreamKind, StreamLimiter, StreamLimitExceeded
 from sop.bounded_shutdown import ShutdownSignals
 from sop.checkpoint import read_manifest_from_bytes
-from sop.config import ConfigError, parse_config
+from sop.config import parse_config
 from sop.credentials import Role, TokenRegistry
 from sop.episode import Episode
 from sop.fleet_trust import CheckpointSigner
@@ -396,11 +397,21 @@ class LearnerService:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         credentials = _server_credentials(config)
         address = config.server.address
-        port = (
-            server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
-        )
+        try:  # grpc raises RuntimeError("Failed to bind ...") for a port it cannot take (older grpc: port 0)
+            port = (
+                server.add_secure_port(address, credentials)
+                if credentials
+                else server.add_insecure_port(address)
+            )
+        except RuntimeError:
+            port = 0
         if port == 0:
-            raise OSError(f"server.address: cannot bind {address}")
+            server.stop(None)
+            raise OSError(
+                errno.EADDRINUSE,
+                f"cannot listen on server.address {address}: the port is in use (another learner?); stop "
+                "that process or pass another --server.address",
+            )
         server.start()
         self._server = server
         self.port = port
@@ -529,22 +540,14 @@ def main(argv: list[str]) -> int:
     known, _ = parser.parse_known_args(argv)
     if known.help:
         print(__doc__)
-    try:
-        config = parse_config(LearnerConfig, argv)
-    except ConfigError as exc:
-        print(f"sop learner serve: {exc}", file=sys.stderr)
-        return 2
+    config = parse_config(LearnerConfig, argv)  # a ConfigError is one line from the `sop` front door
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     service = LearnerService(config)
-    try:
-        port = service.start()
-    except (OSError, ValueError) as exc:
-        print(f"sop learner serve: {exc}", file=sys.stderr)
-        return 1
+    port = service.start()  # a port in use is an OSError(EADDRINUSE): one line from the `sop` front door
     print(f"learner listening on port {port}", flush=True)
 
     signals = ShutdownSignals(service.request_stop, config.server.shutdown_grace_s + EXIT_DEADLINE_EXTRA_S)

@@ -37,6 +37,7 @@ checkpoint, else waits for the learner's, instead of failing at every restart.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -66,7 +67,7 @@ from robot_client.policy_sync import (
     read_checkpoint_blob,
 )
 from robot_client.recorder import EpisodeRecorder, Spool
-from robot_client.robots import LeRobotRobot, Robot, make_robot
+from robot_client.robots import Robot, make_robot
 from robot_client.uploader import Uploader
 from sop.bounded_shutdown import ShutdownSignals
 from sop.checkpoint import CheckpointError, read_manifest_from_bytes
@@ -265,8 +266,7 @@ class RobotDaemon:
         )
         local = self._operator
         if local is None:
-            action_keys = robot.action_keys if isinstance(robot, LeRobotRobot) else None
-            local = make_local_operator(config.operator, config.robot, action_keys)
+            local = make_local_operator(config.operator, config.robot, robot)
         self.loop = ControlLoop(
             config,
             robot,
@@ -442,6 +442,14 @@ def main(argv: list[str] | None = None) -> int:
             daemon.start()
             while not daemon.wait(0.5) and not daemon.stop_requested:
                 pass
+    except OSError as exc:  # the one port the daemon listens on; the front door prints this as one line
+        if exc.errno != errno.EADDRINUSE or config.metrics.http_port is None:
+            raise
+        raise OSError(
+            errno.EADDRINUSE,
+            f"metrics.http_port {config.metrics.http_port} is in use; stop that process or pass another "
+            "--metrics.http_port",
+        ) from None
     finally:
         stopping = time.monotonic()
         daemon.stop()

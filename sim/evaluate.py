@@ -29,7 +29,7 @@ import torch
 
 from sim.metaworld_env import EnvConfig, make_env
 from sim.tasks import expand_task_list_flag, parse_task_list
-from sop.config import parse_config
+from sop.config import ConfigError, parse_config
 from sop.policies import Policy, SamplerConfig, SamplerKind, load_policy
 
 EVAL_SEED_OFFSET: Final = 1_000_000
@@ -165,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     policy = load_policy(config.checkpoint, config.sampler_config(), device=config.device)
     tasks = parse_task_list(config.tasks) if config.tasks else list(policy.tasks)
     if not tasks:
-        print("sop sim eval: the checkpoint names no tasks; pass --tasks", file=sys.stderr)
-        return 2
+        raise ConfigError(f"tasks: the checkpoint {config.checkpoint} names no tasks; pass --tasks")
     cameras = tuple(getattr(getattr(policy, "config", None), "cameras", ()))
     env_config = EnvConfig(max_episode_steps=config.max_steps)
     if cameras:  # an image-conditioned policy: render the camera it was trained on

@@ -8,6 +8,7 @@ turns draccus' and `__post_init__`'s errors into one `ConfigError` that names th
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,24 +57,34 @@ def resolve_config_path(path: str | Path) -> Path:
 
 
 def _explain(exc: BaseException) -> str:
-    """draccus wraps a failed `__post_init__` check; surface the check's own message, which names the field."""
+    """draccus wraps a failed `__post_init__` check; surface the check's own message, which names the field,
+    without draccus' "Couldn't instantiate class ... using the given arguments." preamble."""
     cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, yaml.YAMLError):  # the config file itself
+        return f"not valid YAML: {' '.join(str(cause).split())}"
+    if isinstance(cause, (ValueError, TypeError)) and str(exc).startswith("Couldn't instantiate"):
+        return str(cause)
     return f"{exc} {cause}" if isinstance(cause, (ValueError, TypeError)) else str(exc)
 
 
 def parse_config[T](cls: type[T], argv: Sequence[str] = (), default_config: str | Path | None = None) -> T:
     """Build `cls` from an optional YAML file plus `--dotted.key value` overrides.
 
-    Raises `ConfigError` for an unknown key in the file, a value of the wrong type, or a failed validation.
-    An unknown command-line flag exits with argparse's usage message, which names the flag.
+    Raises `ConfigError` for an unknown key in the file or on the command line, a value of the wrong type, or
+    a failed validation; the `sop` front door prints it as one line. `--help` still prints the options.
     """
     path, rest = _split_config_flag(argv)
     chosen = path if path is not None else default_config
     config_path = str(resolve_config_path(chosen)) if chosen is not None else None
+    sources = " + ".join([*([config_path] if config_path else []), *(["the command line"] if rest else [])])
+    where = f" ({sources})" if sources else ""
     try:
-        return draccus.parse(config_class=cls, config_path=config_path, args=rest)
+        return draccus.parse(config_class=cls, config_path=config_path, args=rest, exit_on_error=False)
+    except argparse.ArgumentError as exc:  # a flag without its value, or an unknown choice
+        raise ConfigError(str(exc)) from None
+    except yaml.YAMLError as exc:  # a flag's value (`--tasks "[a,"`) is not YAML
+        raise ConfigError(f"not valid YAML{where}: {' '.join(str(exc).split())}") from None
     except draccus.utils.DraccusException as exc:
-        where = f" in {config_path}" if config_path else ""
         raise ConfigError(f"bad config{where}: {_explain(exc)}") from None
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc)) from None

@@ -125,13 +125,27 @@ def test_random_kill_9_of_learner_and_robots_loses_and_duplicates_nothing(tmp_pa
         assert not quarantine.exists() or not any(quarantine.iterdir()), f"{robot_id} quarantined episodes"
     assert len(logged) > 20, f"only {len(logged)} episodes recorded: the schedule exercised too little"
     lost = [episode_id for episode_id in logged if episode_id not in committed]
-    assert lost == [], f"{len(lost)} of {len(logged)} finished episodes never reached the learner"
+    assert lost == [], (
+        f"{len(lost)} of {len(logged)} finished episodes never reached the learner; errors logged:\n"
+        + _error_lines(tmp_path / "logs")
+    )
     assert not [e for e, n in Counter(logged).items() if n > 1], "an episode id was logged twice"
     # Exactly once: no recording committed under two ids (same robot and start time).
     starts = Counter((info.robot_id, info.started_at) for info in committed.values())
     assert not [k for k, n in starts.items() if n > 1], "one recording was committed twice"
     unlogged = [info for episode_id, info in committed.items() if episode_id not in set(logged)]
     assert all(info.outcome == Outcome.ABORTED for info in unlogged), [i.outcome for i in unlogged]
+
+
+def _error_lines(log_dir: Path, limit: int = 30) -> str:
+    """The ERROR and WARNING lines of every child's log (what explains a failed accounting)."""
+    lines = [
+        f"{path.stem}: {line}"
+        for path in sorted(log_dir.glob("*.log"))
+        for line in path.read_text(errors="replace").splitlines()
+        if " ERROR " in line or " WARNING " in line
+    ]
+    return "\n".join(lines[:limit]) + (f"\n... {len(lines) - limit} more" if len(lines) > limit else "")
 
 
 def _parse_line(line: str) -> dict | None:
