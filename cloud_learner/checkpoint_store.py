@@ -37,12 +37,13 @@ from sop.checkpoint import (
     BLOB_NAME,
     MANIFEST_NAME,
     CheckpointError,
-    blob_sha256,
     build_checkpoint,
     checkpoint_from_bytes,
     checkpoint_to_bytes,
     read_manifest_from_bytes,
 )
+from sop.durable_files import fsync_path, write_synced
+from sop.hashing import sha256_hex
 
 PUBLICATION_NAME = "publication.json"
 TRAINER_STATE_NAME = "trainer_state.safetensors"
@@ -85,21 +86,6 @@ class CheckpointRecord:
 
 def version_dir_name(version: int) -> str:
     return f"v{version:06d}"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: Path, data: bytes | memoryview) -> None:
-    with path.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 class CheckpointStore:
@@ -171,7 +157,7 @@ class CheckpointStore:
             blob = blob_path.read_bytes()
         except OSError as exc:
             raise CheckpointError(f"{blob_path}: cannot read ({exc.strerror})") from None
-        if blob_sha256(blob) != record.sha256:
+        if sha256_hex(blob) != record.sha256:
             raise CheckpointError(f"{blob_path}: sha256 differs from the published {record.sha256}")
         return blob
 
@@ -214,7 +200,7 @@ class CheckpointStore:
         record = CheckpointRecord(
             version=manifest.version,
             parent_version=manifest.parent_version or 0,
-            sha256=blob_sha256(blob),
+            sha256=sha256_hex(blob),
             size_bytes=len(blob),
             created_at=time.time(),
             train_step=train_step,
@@ -223,16 +209,16 @@ class CheckpointStore:
         final = self.path(record.version)
         temporary = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=self.root))
         try:
-            _write_synced(temporary / BLOB_NAME, blob)
-            _write_synced(temporary / MANIFEST_NAME, manifest.to_json().encode())
+            write_synced(temporary / BLOB_NAME, blob)
+            write_synced(temporary / MANIFEST_NAME, manifest.to_json().encode())
             if trainer_state is not None:
                 tensors, meta = trainer_state
-                _write_synced(temporary / TRAINER_STATE_NAME, safetensors_save(tensors))
-                _write_synced(temporary / TRAINER_META_NAME, json.dumps(meta).encode())
-            _write_synced(temporary / PUBLICATION_NAME, record.to_json().encode())
-            _fsync_dir(temporary)
+                write_synced(temporary / TRAINER_STATE_NAME, safetensors_save(tensors))
+                write_synced(temporary / TRAINER_META_NAME, json.dumps(meta).encode())
+            write_synced(temporary / PUBLICATION_NAME, record.to_json().encode())
+            fsync_path(temporary)
             os.replace(temporary, final)
-            _fsync_dir(self.root)
+            fsync_path(self.root)
         except BaseException:
             shutil.rmtree(temporary, ignore_errors=True)
             raise

@@ -65,10 +65,8 @@ import concurrent.futures
 import contextlib
 import json
 import logging
-import os
 import queue
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -83,6 +81,7 @@ from sop.credentials import Role
 from sop.data.codec import CodecError, decode_episode
 from sop.data.episode_store import DuplicateEpisodeError
 from sop.data.upload_chunks import ChunkSet
+from sop.durable_files import write_atomically, write_json_atomically
 from sop.episode import Episode, EpisodeError, Source, check_episode_id
 from sop.policy_features import FeatureMismatchError, PolicyFeatures
 from sop.safe_logging import RateLimitedLog, client_str
@@ -299,7 +298,8 @@ class UploadStaging:
             directory.mkdir(parents=True, exist_ok=True)
             try:
                 for seq, payload in payloads.items():
-                    self._write_renamed(directory / f"{seq:06d}.chunk", payload)
+                    # Renamed into place, not fsynced (see "Staging" above); owner-only as always.
+                    write_atomically(directory / f"{seq:06d}.chunk", payload, durable=False, private=True)
                     staged.chunk_bytes[seq] = len(payload)
                 meta = {
                     "robot_id": robot_id,
@@ -308,16 +308,9 @@ class UploadStaging:
                     "sha256": chunks.sha256,
                     "updated_at": time.time(),
                 }
-                self._write_renamed(directory / META_NAME, json.dumps(meta).encode())
+                write_json_atomically(directory / META_NAME, meta, durable=False, private=True)
             finally:
                 self._remember(episode_id, staged)
-
-    @staticmethod
-    def _write_renamed(path: Path, data: bytes) -> None:
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False) as handle:
-            handle.write(data)
-            temporary = handle.name
-        os.replace(temporary, path)
 
     def discard(self, episode_id: str) -> None:
         with self._episode_lock(episode_id):

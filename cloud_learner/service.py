@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import json
 import logging
 import os
 import re
@@ -52,6 +51,7 @@ from sop.bounded_shutdown import ShutdownSignals
 from sop.checkpoint import read_manifest_from_bytes
 from sop.config import parse_config
 from sop.credentials import Role, TokenRegistry
+from sop.durable_files import write_json_atomically
 from sop.episode import Episode
 from sop.fleet_trust import CheckpointSigner
 from sop.policy_features import PolicyFeatures
@@ -491,9 +491,8 @@ class LearnerService:
         """`run_dir/endpoint.json` tells harnesses where the learner listens (port 0 picks one)."""
         host = self.config.server.address.rpartition(":")[0]
         path = Path(self.config.run_dir) / ENDPOINT_FILE
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"address": f"{host}:{port}", "port": port, "pid": os.getpid()}))
-        os.replace(temporary, path)
+        endpoint = {"address": f"{host}:{port}", "port": port, "pid": os.getpid()}
+        write_json_atomically(path, endpoint, durable=False)  # rewritten at every start: no fsync needed
 
     def _on_commit(self, episode: Episode) -> None:
         if self.trainer is not None:

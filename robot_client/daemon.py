@@ -38,7 +38,6 @@ checkpoint, else waits for the learner's, instead of failing at every restart.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import subprocess
@@ -72,6 +71,7 @@ from robot_client.uploader import Uploader
 from sop.bounded_shutdown import ShutdownSignals
 from sop.checkpoint import CheckpointError, read_manifest_from_bytes
 from sop.config import parse_config
+from sop.hashing import sha256_hex
 from sop.v1 import fleet_pb2
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class RobotDaemon:
                     log.info("running the last good checkpoint v%d from %s", version, self.config.policy_dir)
                     return LoadedPolicy(policy, version, digest, "last_good")
         if base_blob is not None:
-            digest = hashlib.sha256(base_blob).hexdigest()
+            digest = sha256_hex(base_blob)
             policy = self.policy_loader(base_blob, digest)
             if self._passes_dry_run(policy, int(policy.version), digest, "base checkpoint"):
                 log.info(

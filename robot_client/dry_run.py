@@ -37,8 +37,8 @@ import numpy as np
 
 from robot_client.recorder import Spool
 from robot_client.robots import Observation
-from sop.checkpoint import write_atomically
 from sop.data.episode_store import EpisodeNotFoundError
+from sop.durable_files import write_atomically
 from sop.episode import IMAGE_PREFIX, STATE
 from sop.safe_logging import client_str
 
@@ -114,7 +114,7 @@ def save_observation(path: Path, observation: Observation) -> None:
         arrays[IMAGE_PREFIX + camera] = np.asarray(image, dtype=np.uint8)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)  # type: ignore[arg-type]
-    write_atomically(path, buffer.getvalue())
+    write_atomically(path, buffer.getvalue(), durable=True, private=True)
 
 
 def load_observation(path: Path) -> Observation | None:

@@ -21,10 +21,8 @@ Peers push the whole state dict every few seconds (LeRobot HIL-SERL) or load wei
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +36,9 @@ from robot_client.config import RobotConfig
 from robot_client.dry_run import DryRunFailed, PolicyCheck
 from robot_client.learner_channel import Backoff, LearnerChannel, rpc_code, rpc_details
 from robot_client.metrics import RobotMetrics
+from sop.durable_files import write_atomically, write_json_atomically
 from sop.fleet_trust import CheckpointVerifier, SignatureError
+from sop.hashing import sha256_hex
 from sop.v1 import fleet_pb2
 
 log = logging.getLogger(__name__)
@@ -139,29 +139,20 @@ class LastGoodCheckpoint:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.error("last good checkpoint in %s is unreadable (%s); ignoring it", self.directory, exc)
             return None
-        if hashlib.sha256(blob).hexdigest() != digest:
+        if sha256_hex(blob) != digest:
             log.error("last good checkpoint in %s does not match its sha256; ignoring it", self.directory)
             return None
         return blob, version, digest
 
     def save(self, blob: bytes, version: int, digest: str) -> None:
         name = f"v{version}-{digest[:16]}.safetensors"
-        _write_atomically(self.directory / name, blob)
-        _write_atomically(
-            self.pointer, json.dumps({"version": version, "sha256": digest, "file": name}).encode()
+        write_atomically(self.directory / name, blob, durable=True)
+        write_json_atomically(
+            self.pointer, {"version": version, "sha256": digest, "file": name}, durable=True
         )
         for old in self.directory.glob("v*.safetensors"):
             if old.name != name:
                 old.unlink(missing_ok=True)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 class PolicySync:
@@ -402,7 +393,7 @@ class PolicySync:
         blob = part.read_bytes()
         if len(blob) != expected_size:
             raise FetchIncomplete(f"fetch ended at byte {len(blob)} of {expected_size}")
-        digest = hashlib.sha256(blob).hexdigest()
+        digest = sha256_hex(blob)
         part.unlink(missing_ok=True)
         if digest != announcement.sha256:
             raise CheckpointRejected(

@@ -21,7 +21,6 @@ What happens, in order:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -44,6 +43,7 @@ from sim.fleet_report import plot_run, read_episode_events, read_jsonl, summariz
 from sim.tasks import expand_task_list_flag
 from sop.config import config_to_dict, parse_config
 from sop.fleet_trust import FleetTrust, create_fleet_trust, learner_flags, robot_flags
+from sop.hashing import sha256_hex
 from sop.policies.configuration_diffusion import DiffusionPolicyConfig, SamplerConfig, SamplerKind
 from sop.training.trainer import OptimizerConfig
 
@@ -133,7 +133,7 @@ def base_policy_key(config: FleetDemoConfig) -> str:
         "base": base,
         "max_episode_steps": config.max_episode_steps,
     }
-    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+    return sha256_hex(json.dumps(shape, sort_keys=True).encode())[:16]
 
 
 def prepare_base_policy(config: FleetDemoConfig, console: Console) -> tuple[Path, Path]:

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +31,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
+
+from sop.durable_files import write_atomically
+from sop.hashing import sha256_hex
 
 FORMAT: Final = "sop.checkpoint"
 FORMAT_VERSION: Final = 1
@@ -147,11 +148,6 @@ def weights_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def blob_sha256(blob: bytes) -> str:
-    """The hash the learner announces and the robot checks before loading."""
-    return hashlib.sha256(blob).hexdigest()
-
-
 def build_checkpoint(
     tensors: Mapping[str, torch.Tensor],
     *,
@@ -218,7 +214,7 @@ def checkpoint_from_bytes(
 ) -> Checkpoint:
     """Verify and decode a blob: the announced hash (when given), the manifest, then the weights hash."""
     if expected_sha256 is not None:
-        actual = blob_sha256(blob)
+        actual = sha256_hex(blob)
         if actual != expected_sha256.lower():
             raise CheckpointError(f"{source}: sha256 {actual} does not match the announced {expected_sha256}")
     manifest = read_manifest_from_bytes(blob, source)
@@ -235,22 +231,15 @@ def checkpoint_from_bytes(
     return Checkpoint(manifest=manifest, tensors=tensors)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write then rename, so a reader (or a crash) never sees half a file."""
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-        temporary = Path(handle.name)
-    os.replace(temporary, path)
-
-
 def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
     """Write `path/checkpoint.safetensors` and `path/manifest.json`; returns the directory."""
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
-    write_atomically(directory / BLOB_NAME, checkpoint_to_bytes(checkpoint))
-    write_atomically(directory / MANIFEST_NAME, checkpoint.manifest.to_json().encode())
+    # Durable, and owner-only as these files have always been written.
+    write_atomically(directory / BLOB_NAME, checkpoint_to_bytes(checkpoint), durable=True, private=True)
+    write_atomically(
+        directory / MANIFEST_NAME, checkpoint.manifest.to_json().encode(), durable=True, private=True
+    )
     return directory
 
 

@@ -54,8 +54,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from sop.checkpoint import write_atomically
 from sop.credentials import CredentialsError, TokenRegistry, check_robot_id, new_token
+from sop.durable_files import write_atomically
 
 # Domain separation: a signature made for a checkpoint can never be replayed as any other signed statement.
 STATEMENT_PREFIX = b"sop.checkpoint.v1\n"
@@ -261,7 +261,7 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
 def _write(path: Path, data: bytes, *, private: bool) -> None:
     """Atomically, and private keys and tokens 0600 from the first byte (the temporary file is 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, data)
+    write_atomically(path, data, durable=True, private=True)
     path.chmod(0o600 if private else 0o644)
 
 

@@ -13,7 +13,6 @@ from sop.checkpoint import (
     BLOB_NAME,
     MANIFEST_NAME,
     CheckpointError,
-    blob_sha256,
     build_checkpoint,
     checkpoint_from_bytes,
     checkpoint_to_bytes,
@@ -21,6 +20,7 @@ from sop.checkpoint import (
     read_manifest,
     save_checkpoint,
 )
+from sop.hashing import sha256_hex
 
 
 def _checkpoint(version: int = 3):
@@ -42,7 +42,7 @@ def _checkpoint(version: int = 3):
 def test_blob_round_trip_keeps_tensors_and_manifest() -> None:
     checkpoint = _checkpoint()
     blob = checkpoint_to_bytes(checkpoint)
-    loaded = checkpoint_from_bytes(blob, expected_sha256=blob_sha256(blob))
+    loaded = checkpoint_from_bytes(blob, expected_sha256=sha256_hex(blob))
     assert loaded.manifest == checkpoint.manifest
     assert loaded.manifest.version == 3 and loaded.manifest.parent_version == 2
     for name, tensor in checkpoint.tensors.items():

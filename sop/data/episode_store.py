@@ -72,112 +72,99 @@ Public API (the robot client, the cloud learner and the sampler rely on these na
         .quarantine(episode_id, reason) -> QuarantinedEntry   .quarantined() -> list[QuarantinedEntry]
         .num_quarantined                 entries this store object moved to quarantine/
     EpisodeInfo.stand_in_episode() -> Episode   shapes without data, for schema and policy-feature checks
+
+Where the parts live (every name above is importable from here): this module is the store itself (index,
+append, read, delete, quarantine); `sop.data.episode_store_format` the names, errors, `EpisodeInfo`, safe
+paths and chunking they all share; `sop.data.episode_writer` step-by-step recording (`EpisodeWriter`);
+`sop.data.partial_recovery` what a crash leaves under `.partial/`; and `sop.durable_files` the atomic
+writes, fsync and syncfs.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
-import ctypes
 import dataclasses
 import errno
 import json
 import logging
-import math
 import os
 import shutil
 import stat
-import sys
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 
-from sop.data.zarr_io import (
-    ArrayAppender,
-    ArrayReader,
-    ArraySpec,
-    read_array_spec,
-    read_group_attributes,
-    truncate_array,
-    write_array,
-    write_group,
+from sop.data import partial_recovery
+from sop.data.episode_store_format import (
+    ATTRS_KEY,
+    EPISODES_DIR,
+    FORMAT,
+    FORMAT_VERSION,
+    IMAGE_CHUNK_TARGET_BYTES,
+    LOWDIM_CHUNK_STEPS,
+    MARKER_FILE,
+    MAX_IMAGE_CHUNK_FRAMES,
+    PARTIAL_DIR,
+    PROGRESS_FILE,
+    QUARANTINE_DIR,
+    QUARANTINE_REASON_SUFFIX,
+    STAGING_DIR,
+    TRASH_DIR,
+    DuplicateEpisodeError,
+    EpisodeInfo,
+    EpisodeNotFoundError,
+    PartialInUseError,
+    UnreadableEntryError,
+    UnsafePathError,
+    array_spec,
+    child_path,
+    process_token,
+    token_alive,
 )
-from sop.episode import (
-    ACTION,
-    IMAGE_DTYPE,
-    IMAGE_PREFIX,
-    MAX_STEPS,
-    POLICY_ACTION,
-    REQUIRED_STEP_KEYS,
-    STATE,
-    STEP_DTYPES,
-    TIMESTAMP,
-    Episode,
-    EpisodeError,
-    Outcome,
-    Source,
-    check_episode_id,
-    check_step_key,
-)
+from sop.data.episode_writer import EpisodeWriter, check_metadata
+from sop.data.partial_recovery import PartialEpisodeInfo
+from sop.data.zarr_io import ArrayReader, read_group_attributes, write_array, write_group
+from sop.durable_files import fsync_path, sync_tree, write_json_atomically
+from sop.episode import Episode, EpisodeError, Outcome, Source, check_episode_id, check_step_key
 from sop.safe_logging import RateLimitedLog, client_str
 
+# Re-exported: callers import every public name of the store from here (see the docstring).
+__all__ = [
+    "ATTRS_KEY",
+    "EPISODES_DIR",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "IMAGE_CHUNK_TARGET_BYTES",
+    "LOWDIM_CHUNK_STEPS",
+    "MARKER_FILE",
+    "MAX_IMAGE_CHUNK_FRAMES",
+    "PARTIAL_DIR",
+    "PROGRESS_FILE",
+    "QUARANTINE_DIR",
+    "QUARANTINE_REASON_SUFFIX",
+    "STAGING_DIR",
+    "TRASH_DIR",
+    "DuplicateEpisodeError",
+    "EpisodeInfo",
+    "EpisodeNotFoundError",
+    "EpisodeStore",
+    "EpisodeWriter",
+    "PartialEpisodeInfo",
+    "PartialInUseError",
+    "QuarantinedEntry",
+    "UnreadableEntryError",
+    "UnsafePathError",
+]
+
 logger = logging.getLogger(__name__)
-
-FORMAT: Final = "sop-episode-store"
-FORMAT_VERSION: Final = 1
-MARKER_FILE: Final = "sop_store.json"
-EPISODES_DIR: Final = "episodes"
-PARTIAL_DIR: Final = ".partial"
-STAGING_DIR: Final = ".staging"
-TRASH_DIR: Final = ".trash"
-QUARANTINE_DIR: Final = "quarantine"
-QUARANTINE_REASON_SUFFIX: Final = ".reason.json"
-PROGRESS_FILE: Final = "sop_progress.json"
-ATTRS_KEY: Final = "sop_episode"
-
-IMAGE_CHUNK_TARGET_BYTES: Final = 256 * 1024
-MAX_IMAGE_CHUNK_FRAMES: Final = 8
-LOWDIM_CHUNK_STEPS: Final = 1024
-_VECTOR_KEYS: Final = (STATE, ACTION, POLICY_ACTION)
-
-
-class DuplicateEpisodeError(Exception):
-    """The episode id is already committed: nothing was written (exactly-once ingest)."""
-
-    def __init__(self, episode_id: str) -> None:
-        super().__init__(f"episode_id: {episode_id} is already in the store")
-        self.episode_id = episode_id
-
-
-class EpisodeNotFoundError(KeyError):
-    """No committed episode has this id (never stored, deleted, or not yet visible: try `refresh()`)."""
-
-    def __init__(self, episode_id: str) -> None:
-        super().__init__(episode_id)
-        self.episode_id = episode_id
-
-    def __str__(self) -> str:
-        return f"episode_id: {self.episode_id} is not in the store"
-
-
-class PartialInUseError(RuntimeError):
-    """A partial episode that a live writer (this or another process) is still recording."""
-
-
-class UnsafePathError(ValueError):
-    """A path the store would build leaves its directory (a hostile id or key, or a symlink): refused,
-    nothing written. Only reachable by bypassing `Episode.validate`, or by tampering with the store."""
-
-
-class UnreadableEntryError(ValueError):
-    """An entry of `episodes/` that is not a readable episode; `refresh()` moves it to `quarantine/`."""
 
 
 @dataclass(frozen=True)
@@ -191,192 +178,6 @@ class QuarantinedEntry:
     path: Path
 
 
-@dataclass(frozen=True)
-class EpisodeInfo:
-    """What the store knows about a committed episode without reading its arrays."""
-
-    episode_id: str
-    robot_id: str
-    task: str
-    instruction: str
-    outcome: Outcome
-    source: Source
-    started_at: float
-    ended_at: float
-    fps: float
-    num_steps: int
-    nbytes: int  # uncompressed bytes of all step arrays
-    stored_bytes: int  # bytes on disk (compressed)
-    step_shapes: dict[str, tuple[int, ...]]  # per-step shape (no time axis) of every key
-    extra: dict[str, str] = field(default_factory=dict)
-    committed_at: float = 0.0
-
-    @property
-    def cameras(self) -> list[str]:
-        return sorted(k.removeprefix(IMAGE_PREFIX) for k in self.step_shapes if k.startswith(IMAGE_PREFIX))
-
-    def stand_in_episode(self) -> Episode:
-        """This episode with zero-cost broadcast views as step arrays (zeros of the stored shapes).
-
-        For checks that need the shapes only (the schema's `validate`, `PolicyFeatures.check_episode`), so
-        the learner can check every episode of its replay without reading a byte of it. The arrays are
-        read-only and their values are meaningless.
-        """
-        steps = {
-            key: np.broadcast_to(
-                np.zeros((), IMAGE_DTYPE if key.startswith(IMAGE_PREFIX) else STEP_DTYPES.get(key, np.uint8)),
-                (self.num_steps, *shape),
-            )
-            for key, shape in self.step_shapes.items()
-        }
-        return Episode(
-            episode_id=self.episode_id,
-            robot_id=self.robot_id,
-            task=self.task,
-            instruction=self.instruction,
-            outcome=self.outcome,
-            started_at=self.started_at,
-            ended_at=self.ended_at,
-            steps=steps,
-            source=self.source,
-            fps=self.fps,
-            extra=dict(self.extra),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "episode_id": self.episode_id,
-            "robot_id": self.robot_id,
-            "task": self.task,
-            "instruction": self.instruction,
-            "outcome": str(self.outcome),
-            "source": str(self.source),
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-            "fps": self.fps,
-            "num_steps": self.num_steps,
-            "nbytes": self.nbytes,
-            "stored_bytes": self.stored_bytes,
-            "step_shapes": {k: list(v) for k, v in self.step_shapes.items()},
-            "extra": dict(self.extra),
-            "committed_at": self.committed_at,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> EpisodeInfo:
-        return cls(
-            episode_id=str(data["episode_id"]),
-            robot_id=str(data["robot_id"]),
-            task=str(data["task"]),
-            instruction=str(data["instruction"]),
-            outcome=Outcome(data["outcome"]),
-            source=Source(data["source"]),
-            started_at=float(data["started_at"]),
-            ended_at=float(data["ended_at"]),
-            fps=float(data["fps"]),
-            num_steps=int(data["num_steps"]),
-            nbytes=int(data["nbytes"]),
-            stored_bytes=int(data["stored_bytes"]),
-            step_shapes={k: tuple(int(d) for d in v) for k, v in data["step_shapes"].items()},
-            extra={str(k): str(v) for k, v in data.get("extra", {}).items()},
-            committed_at=float(data.get("committed_at", 0.0)),
-        )
-
-
-@dataclass(frozen=True)
-class PartialEpisodeInfo:
-    """An episode left under `.partial/`: being recorded now (`writer_alive`) or left by a crash."""
-
-    episode_id: str
-    robot_id: str
-    task: str
-    instruction: str
-    source: Source
-    started_at: float
-    num_steps_flushed: int
-    writer_alive: bool
-    modified_at: float
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Files and processes
-
-
-def _process_token(pid: int | None = None) -> str:
-    """pid plus the process start time, so a recycled pid is not mistaken for a live writer."""
-    pid = os.getpid() if pid is None else pid
-    return f"{pid}-{_process_start_time(pid)}"
-
-
-def _process_start_time(pid: int) -> str:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "0"
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22 (starttime), counted after the comm field
-
-
-def _token_alive(token: str) -> bool:
-    pid_text, _, start = token.partition("-")
-    try:
-        pid = int(pid_text)
-    except ValueError:
-        return False
-    if pid == os.getpid():
-        return start == _process_start_time(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return start in ("0", _process_start_time(pid))
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    """fsync every file and directory below `root` (deepest first), then `root` itself."""
-    for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
-        for name in filenames:
-            _fsync_path(Path(dirpath) / name)
-        _fsync_path(Path(dirpath))
-
-
-_LIBC: Any = None
-
-
-def _syncfs(path: Path) -> bool:
-    """Flush the whole filesystem holding `path` with one syncfs(2) call; False where unavailable."""
-    global _LIBC
-    if sys.platform != "linux":
-        return False
-    if _LIBC is None:
-        _LIBC = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return bool(_LIBC.syncfs(fd) == 0)
-    finally:
-        os.close(fd)
-
-
-def _make_durable(root: Path) -> None:
-    """Everything below `root` on stable storage before it is published.
-
-    An episode is ~100 chunk files; fsync'ing each costs a journal commit apiece (~3.6 ms here), while one
-    syncfs(2) commits them all at once (~26 ms for 100 files measured here, 14x less). Falls back to
-    per-file fsync where syncfs is missing or fails.
-    """
-    if not _syncfs(root):
-        _fsync_tree(root)
-
-
 def _tree_bytes(root: Path) -> int:
     total = 0
     for dirpath, _dirnames, filenames in os.walk(root):
@@ -384,33 +185,6 @@ def _tree_bytes(root: Path) -> int:
             with contextlib.suppress(FileNotFoundError):
                 total += os.stat(os.path.join(dirpath, name)).st_size
     return total
-
-
-def _write_json_atomic(path: Path, data: Any, *, durable: bool) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _child_path(parent: Path, name: str) -> Path:
-    """`parent / name` for a single path component `name`, checked to resolve inside `parent`.
-
-    Names are whitelisted before they get here (UUIDs, schema keys); this is the second line, for callers
-    that bypassed validation and for a symlink planted in the store.
-    """
-    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0"):
-        raise UnsafePathError(f"{client_str(name)} is not a plain file name; refused to build a path from it")
-    path = parent / name
-    resolved_parent = parent.resolve()
-    if not path.resolve().is_relative_to(resolved_parent):
-        raise UnsafePathError(
-            f"{path} resolves outside {resolved_parent} (a symlink?); refused to read or write through it"
-        )
-    return path
 
 
 def _quarantine_name(name: str) -> str:
@@ -432,34 +206,6 @@ def _read_group_attrs(group_dir: Path) -> dict[str, Any]:
     if not isinstance(attrs, dict):
         raise ValueError(f"{group_dir}: zarr group has no {ATTRS_KEY!r} attributes")
     return attrs
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Arrays
-
-
-def _chunk_steps(key: str, step_shape: tuple[int, ...], itemsize: int) -> int:
-    if key.startswith(IMAGE_PREFIX):
-        frame_bytes = max(1, math.prod(step_shape) * itemsize)
-        return max(1, min(MAX_IMAGE_CHUNK_FRAMES, IMAGE_CHUNK_TARGET_BYTES // frame_bytes))
-    return LOWDIM_CHUNK_STEPS
-
-
-def _array_spec(key: str, shape: tuple[int, ...], dtype: np.dtype, cname: str, level: int) -> ArraySpec:
-    """Pixels are compressed as bytes; numbers byte-shuffled first (exponents and signs group together)."""
-    chunk_steps = _chunk_steps(key, shape[1:], dtype.itemsize)
-    shuffle = "noshuffle" if dtype.itemsize == 1 else "shuffle"
-    return ArraySpec(shape, chunk_steps, dtype, cname, level, shuffle)
-
-
-def _validation_view(
-    steps: Mapping[str, np.ndarray], image_shapes: Mapping[str, tuple[int, ...]], n: int
-) -> dict:
-    """Steps for `validate_steps` where images are zero-cost broadcast views (their bytes are not needed)."""
-    view: dict[str, np.ndarray] = dict(steps)
-    for key, shape in image_shapes.items():
-        view[key] = np.broadcast_to(np.zeros((), IMAGE_DTYPE), (n, *shape))
-    return view
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -538,9 +284,9 @@ class EpisodeStore:
             self.root.mkdir(parents=True, exist_ok=True)
             for directory in self._directories:
                 directory.mkdir(exist_ok=True)
-            _write_json_atomic(marker, {"format": FORMAT, "version": FORMAT_VERSION}, durable=self.durable)
+            write_json_atomically(marker, {"format": FORMAT, "version": FORMAT_VERSION}, durable=self.durable)
             if self.durable:
-                _fsync_path(self.root)
+                fsync_path(self.root)
             return
         data = json.loads(marker.read_text())
         if data.get("format") != FORMAT or data.get("version") != FORMAT_VERSION:
@@ -554,7 +300,7 @@ class EpisodeStore:
         """Drop half-written appends of dead processes and anything left in the trash."""
         for entry in self._staging_dir.iterdir():
             token = entry.name.split(".")[1] if entry.name.count(".") >= 2 else ""
-            if not _token_alive(token):
+            if not token_alive(token):
                 shutil.rmtree(entry, ignore_errors=True)
         for entry in self._trash_dir.iterdir():
             shutil.rmtree(entry, ignore_errors=True)
@@ -644,7 +390,9 @@ class EpisodeStore:
         reason_file = self._quarantine_dir / (target_name + QUARANTINE_REASON_SUFFIX)
         now = time.time()
         self._quarantine_dir.mkdir(exist_ok=True)
-        _write_json_atomic(reason_file, {"name": name, "reason": reason, "time": now}, durable=self.durable)
+        write_json_atomically(
+            reason_file, {"name": name, "reason": reason, "time": now}, durable=self.durable
+        )
         try:
             os.rename(source, target)
         except OSError as exc:
@@ -658,8 +406,8 @@ class EpisodeStore:
             self._forget(name)
             self.num_quarantined += 1
         if self.durable:
-            _fsync_path(self._episodes_dir)
-            _fsync_path(self._quarantine_dir)
+            fsync_path(self._episodes_dir)
+            fsync_path(self._quarantine_dir)
         self._throttled_log.warning(
             "quarantine",
             "episode store %s: moved %s to quarantine/%s: %s",
@@ -781,7 +529,7 @@ class EpisodeStore:
         info = self.info(episode_id)
         if key not in info.step_shapes:
             raise KeyError(f"{key}: episode {episode_id} has no such key (it has {sorted(info.step_shapes)})")
-        array_dir = _child_path(_child_path(self._episodes_dir, episode_id), check_step_key(key))
+        array_dir = child_path(child_path(self._episodes_dir, episode_id), check_step_key(key))
         try:
             array = ArrayReader(array_dir, strict=True)
         except FileNotFoundError:
@@ -818,32 +566,20 @@ class EpisodeStore:
     def get(self, episode_id: str) -> Episode:
         """The whole episode, every array read into memory."""
         info = self.info(episode_id)
-        return Episode(
-            episode_id=info.episode_id,
-            robot_id=info.robot_id,
-            task=info.task,
-            instruction=info.instruction,
-            outcome=info.outcome,
-            started_at=info.started_at,
-            ended_at=info.ended_at,
-            steps=self.read_columns(episode_id, info.step_shapes),
-            source=info.source,
-            fps=info.fps,
-            extra=dict(info.extra),
-        )
+        return info.with_steps(self.read_columns(episode_id, info.step_shapes))
 
     # -- writing -----------------------------------------------------------------------------------------
 
     def _check_new_id(self, episode_id: str) -> None:
         check_episode_id(episode_id)
-        _child_path(self._episodes_dir, episode_id)
+        child_path(self._episodes_dir, episode_id)
         if episode_id in self:
             raise DuplicateEpisodeError(episode_id)
 
     def _publish(self, group_dir: Path, episode_id: str) -> None:
         """Make a fully written group visible: fsync it, rename it into episodes/, fsync both parents."""
         if self.durable:
-            _make_durable(group_dir)
+            sync_tree(group_dir)
         target = self._episodes_dir / episode_id
         try:
             os.rename(group_dir, target)
@@ -856,8 +592,8 @@ class EpisodeStore:
         with contextlib.suppress(FileNotFoundError):
             (target / PROGRESS_FILE).unlink()
         if self.durable:
-            _fsync_path(self._episodes_dir)
-            _fsync_path(group_dir.parent)
+            fsync_path(self._episodes_dir)
+            fsync_path(group_dir.parent)
 
     def append(self, episode: Episode) -> EpisodeInfo:
         """Validate and commit a whole episode. `DuplicateEpisodeError` (store unchanged) on a repeated id."""
@@ -865,34 +601,19 @@ class EpisodeStore:
         self._check_new_id(episode.episode_id)
         for key in episode.steps:  # again here: a caller may have skipped or replaced validate()
             check_step_key(key)
-        staging = _child_path(
-            self._staging_dir, f"{episode.episode_id}.{_process_token()}.{uuid.uuid4().hex[:8]}"
+        staging = child_path(
+            self._staging_dir, f"{episode.episode_id}.{process_token()}.{uuid.uuid4().hex[:8]}"
         )
         try:
             staging.mkdir()
             stored = 0
             for key, values in episode.steps.items():
                 stored += write_array(
-                    _child_path(staging, key),
+                    child_path(staging, key),
                     values,
-                    _array_spec(key, values.shape, values.dtype, self.compressor, self.compression_level),
+                    array_spec(key, values.shape, values.dtype, self.compressor, self.compression_level),
                 )
-            info = EpisodeInfo(
-                episode_id=episode.episode_id,
-                robot_id=episode.robot_id,
-                task=episode.task,
-                instruction=episode.instruction,
-                outcome=episode.outcome,
-                source=episode.source,
-                started_at=float(episode.started_at),
-                ended_at=float(episode.ended_at),
-                fps=float(episode.fps),
-                num_steps=episode.num_steps,
-                nbytes=episode.nbytes,
-                stored_bytes=stored,
-                step_shapes={k: tuple(v.shape[1:]) for k, v in episode.steps.items()},
-                extra=dict(episode.extra),
-            )
+            info = EpisodeInfo.describe(episode, stored_bytes=stored)
             info = self._finish_group(staging, info, measured=True)
             self._publish(staging, episode.episode_id)
         finally:
@@ -923,7 +644,7 @@ class EpisodeStore:
         with self._lock:
             self._forget(episode_id)
         if self.durable:
-            _fsync_path(self._episodes_dir)
+            fsync_path(self._episodes_dir)
         shutil.rmtree(trash, ignore_errors=True)
 
     # -- recording step by step (the robot's spool) ------------------------------------------------------
@@ -955,8 +676,8 @@ class EpisodeStore:
             "started_at": float(time.time() if started_at is None else started_at),
             "extra": dict(extra or {}),
         }
-        _check_metadata(meta)  # refuse bad metadata now, not after a whole episode was recorded
-        partial = _child_path(self._partial_dir, episode_id)
+        check_metadata(meta)  # refuse bad metadata now, not after a whole episode was recorded
+        partial = child_path(self._partial_dir, episode_id)
         with self._lock:
             try:
                 partial.mkdir()
@@ -973,340 +694,29 @@ class EpisodeStore:
             self._writers[episode_id] = writer
         return writer
 
-    def _read_progress(self, episode_id: str) -> dict[str, Any] | None:
-        try:
-            return json.loads((_child_path(self._partial_dir, episode_id) / PROGRESS_FILE).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-
-    def partial_episodes(self) -> builtins.list[PartialEpisodeInfo]:
-        """Episodes under `.partial/`: recordings in progress and those a crash left behind."""
-        found = []
-        for entry in sorted(self._partial_dir.iterdir()):
-            progress = self._read_progress(entry.name)
-            if progress is None:  # killed before the first progress write: nothing usable
-                meta: dict[str, Any] = {}
-                alive = entry.name in self._writers
-            else:
-                meta = progress["meta"]
-                alive = entry.name in self._writers or _token_alive(progress["writer"])
-            found.append(
-                PartialEpisodeInfo(
-                    episode_id=entry.name,
-                    robot_id=str(meta.get("robot_id", "")),
-                    task=str(meta.get("task", "")),
-                    instruction=str(meta.get("instruction", "")),
-                    source=Source(meta.get("source", Source.ONLINE)),
-                    started_at=float(meta.get("started_at", 0.0)),
-                    num_steps_flushed=int(progress["num_steps"]) if progress else 0,
-                    writer_alive=alive,
-                    modified_at=entry.stat().st_mtime,
-                )
-            )
-        return found
-
-    def _check_partial_abandoned(self, episode_id: str) -> Path:
-        partial = _child_path(self._partial_dir, episode_id)
-        if not partial.is_dir():
-            raise EpisodeNotFoundError(episode_id)
-        progress = self._read_progress(episode_id)
-        if episode_id in self._writers or (progress is not None and _token_alive(progress["writer"])):
-            raise PartialInUseError(f"episode_id: {episode_id} is still being recorded by a live writer")
-        return partial
-
-    def discard_partial(self, episode_id: str) -> None:
-        """Delete a partial episode left by a crash (refused while its writer is alive)."""
-        partial = self._check_partial_abandoned(episode_id)
-        self._remove_partial(partial)
-
     def _remove_partial(self, partial: Path) -> None:
+        """Throw a partial recording away (a writer's abort, and `sop.data.partial_recovery`)."""
         trash = self._trash_dir / f"{partial.name}.{uuid.uuid4().hex[:8]}"
         with contextlib.suppress(FileNotFoundError):
             os.rename(partial, trash)
         shutil.rmtree(trash, ignore_errors=True)
         if self.durable:
-            _fsync_path(self._partial_dir)
+            fsync_path(self._partial_dir)
 
-    def clean_partials(self, *, older_than_s: float | None = None) -> builtins.list[str]:
-        """Discard every abandoned partial episode (optionally only those untouched for `older_than_s`)."""
-        removed = []
-        now = time.time()
-        for partial in self.partial_episodes():
-            if partial.writer_alive:
-                continue
-            if older_than_s is not None and now - partial.modified_at < older_than_s:
-                continue
-            with contextlib.suppress(EpisodeNotFoundError, PartialInUseError):
-                self.discard_partial(partial.episode_id)
-                removed.append(partial.episode_id)
-        with contextlib.suppress(FileNotFoundError):
-            self._remove_stale_staging()
-        return removed
+    # -- partial episodes (sop.data.partial_recovery) ----------------------------------------------------
+
+    def partial_episodes(self) -> builtins.list[PartialEpisodeInfo]:
+        """Episodes under `.partial/`: recordings in progress and those a crash left behind."""
+        return partial_recovery.partial_episodes(self)
 
     def recover_partial(self, episode_id: str, outcome: Outcome = Outcome.ABORTED) -> EpisodeInfo | None:
         """Commit what a crashed writer flushed, labelled `outcome`; None (and the partial removed) if nothing."""
-        partial = self._check_partial_abandoned(episode_id)
-        progress = self._read_progress(episode_id)
-        if progress is None or int(progress["num_steps"]) == 0:
-            self._remove_partial(partial)
-            return None
-        num_steps = int(progress["num_steps"])
-        shapes = {k: tuple(v) for k, v in progress["step_shapes"].items()}
-        lowdim: dict[str, np.ndarray] = {}
-        try:
-            for key in shapes:
-                array_dir = _child_path(partial, check_step_key(key))
-                length = read_array_spec(array_dir).shape[0]
-                if length < num_steps:
-                    raise EpisodeError(key, f"holds {length} steps, progress says {num_steps}")
-                if length > num_steps:  # killed between growing the array and writing progress
-                    truncate_array(array_dir, num_steps)
-                if not key.startswith(IMAGE_PREFIX):
-                    lowdim[key] = ArrayReader(array_dir).read_all()
-            meta = progress["meta"]
-            last_timestamp = float(lowdim[TIMESTAMP][-1])
-            ended_at = max(float(meta["started_at"]), last_timestamp)
-            writer_info = _episode_info(meta, outcome, ended_at, lowdim, shapes, num_steps)
-        except (EpisodeError, KeyError, ValueError, TypeError, OSError) as exc:
-            raise EpisodeError(
-                "partial", f"episode {episode_id} cannot be recovered ({exc}); discard_partial() it"
-            ) from exc
-        info = self._finish_group(partial, writer_info)
-        self._publish(partial, episode_id)
-        with self._lock:
-            self._infos[episode_id] = info
-        return info
+        return partial_recovery.recover_partial(self, episode_id, outcome)
 
+    def discard_partial(self, episode_id: str) -> None:
+        """Delete a partial episode left by a crash (refused while its writer is alive)."""
+        partial_recovery.discard_partial(self, episode_id)
 
-def _check_metadata(meta: Mapping[str, Any]) -> None:
-    """Validate per-episode metadata with the schema's own rules (on a one-step stand-in episode)."""
-    stand_in = {
-        key: np.zeros((1, 1) if key in _VECTOR_KEYS else (1,), STEP_DTYPES[key]) for key in REQUIRED_STEP_KEYS
-    }
-    Episode(
-        episode_id=str(meta["episode_id"]),
-        robot_id=meta["robot_id"],
-        task=meta["task"],
-        instruction=meta["instruction"],
-        outcome=Outcome.ABORTED,
-        started_at=float(meta["started_at"]),
-        ended_at=float(meta["started_at"]),
-        steps=stand_in,
-        source=Source(meta["source"]),
-        fps=float(meta["fps"]),
-        extra=meta["extra"],
-    ).validate()
-
-
-def _episode_info(
-    meta: Mapping[str, Any],
-    outcome: Outcome,
-    ended_at: float,
-    lowdim: Mapping[str, np.ndarray],
-    shapes: Mapping[str, tuple[int, ...]],
-    num_steps: int,
-) -> EpisodeInfo:
-    """Validate a step-by-step recording against the schema and describe it (images checked by shape only)."""
-    image_shapes = {k: v for k, v in shapes.items() if k.startswith(IMAGE_PREFIX)}
-    episode = Episode(
-        episode_id=str(meta["episode_id"]),
-        robot_id=str(meta["robot_id"]),
-        task=str(meta["task"]),
-        instruction=str(meta["instruction"]),
-        outcome=Outcome(outcome),
-        started_at=float(meta["started_at"]),
-        ended_at=float(ended_at),
-        steps=_validation_view(lowdim, image_shapes, num_steps),
-        source=Source(meta["source"]),
-        fps=float(meta["fps"]),
-        extra=dict(meta.get("extra", {})),
-    )
-    episode.validate()
-    return EpisodeInfo(
-        episode_id=episode.episode_id,
-        robot_id=episode.robot_id,
-        task=episode.task,
-        instruction=episode.instruction,
-        outcome=episode.outcome,
-        source=episode.source,
-        started_at=episode.started_at,
-        ended_at=episode.ended_at,
-        fps=episode.fps,
-        num_steps=num_steps,
-        nbytes=episode.nbytes,
-        stored_bytes=0,
-        step_shapes=dict(shapes),
-        extra=dict(episode.extra),
-    )
-
-
-class EpisodeWriter:
-    """Records one episode step by step into `.partial/<id>`; see `EpisodeStore.begin_episode`.
-
-    Every step is checked as it arrives (keys, dtypes, shapes against the first step, finite floats), so a
-    bad step is refused at once instead of poisoning the episode at commit. Low-dimensional columns stay in
-    memory too (they are small) so `commit` can validate the whole episode without reading anything back.
-    A flush costs a few milliseconds per key: call `add_step` from a recorder thread, not the control loop.
-    """
-
-    def __init__(self, store: EpisodeStore, path: Path, meta: dict[str, Any], flush_every: int) -> None:
-        self._store = store
-        self._path = path
-        self._meta = meta
-        self._flush_every = flush_every
-        self._token = _process_token()
-        write_group(path, {})
-        self._arrays: dict[str, ArrayAppender] = {}
-        self._shapes: dict[str, tuple[int, ...]] = {}
-        self._dtypes: dict[str, np.dtype] = {}
-        self._pending: dict[str, list[np.ndarray]] = {}
-        self._lowdim: dict[str, list[np.ndarray]] = {}
-        self._num_steps = 0
-        self._num_flushed = 0
-        self._closed = False
-        self._write_progress()
-
-    @property
-    def episode_id(self) -> str:
-        return str(self._meta["episode_id"])
-
-    @property
-    def num_steps(self) -> int:
-        return self._num_steps
-
-    @property
-    def num_flushed(self) -> int:
-        return self._num_flushed
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeError(f"episode_id: writer for {self.episode_id} is already committed or aborted")
-
-    def _coerce(self, key: str, value: Any) -> np.ndarray:
-        check_step_key(key)  # the key becomes a directory name below
-        array = np.asarray(value)
-        if key.startswith(IMAGE_PREFIX):
-            if array.dtype != IMAGE_DTYPE:
-                raise EpisodeError(key, f"dtype {array.dtype} is not uint8")
-            if array.ndim != 3 or array.shape[2] != 3:
-                raise EpisodeError(key, f"shape {array.shape} is not (H, W, 3)")
-            return array
-        if key not in STEP_DTYPES:
-            raise EpisodeError(key, "is not a key of the episode schema")
-        expected = STEP_DTYPES[key]
-        if array.dtype != expected:
-            # Narrowing within a kind (a Python float to float32) is fine; int -> float hides a bug upstream.
-            if array.dtype.kind != expected.kind or not np.can_cast(array.dtype, expected, "same_kind"):
-                raise EpisodeError(key, f"dtype {array.dtype} cannot be stored as {expected}")
-            array = array.astype(expected)
-        want_rank = 1 if key in _VECTOR_KEYS else 0
-        if array.ndim != want_rank:
-            raise EpisodeError(
-                key, f"rank {array.ndim} is not {want_rank} (shape {array.shape}) for one step"
-            )
-        if expected.kind == "f" and not np.isfinite(array).all():
-            raise EpisodeError(key, "contains NaN or infinite values")
-        return array
-
-    def add_step(self, step: Mapping[str, Any]) -> None:
-        """Add one control step (arrays without the time axis; scalars for the 0-d keys)."""
-        self._check_open()
-        if self._num_steps >= MAX_STEPS:
-            raise EpisodeError(ACTION, f"episode reached the cap of {MAX_STEPS} steps")
-        arrays = {key: self._coerce(key, value) for key, value in step.items()}
-        if not self._shapes:
-            missing = [k for k in REQUIRED_STEP_KEYS if k not in arrays]
-            if missing:
-                raise EpisodeError(missing[0], "required key is missing")
-        else:
-            if set(arrays) != set(self._shapes):
-                extra = sorted(set(arrays) - set(self._shapes))
-                lacking = sorted(set(self._shapes) - set(arrays))
-                raise EpisodeError(
-                    (lacking or extra)[0],
-                    f"step keys differ from the first step (missing {lacking}, new {extra})",
-                )
-            for key, array in arrays.items():
-                if array.shape != self._shapes[key]:
-                    raise EpisodeError(
-                        key, f"shape {array.shape} differs from the first step's {self._shapes[key]}"
-                    )
-        if not self._shapes:
-            self._shapes = {key: tuple(a.shape) for key, a in arrays.items()}
-            self._dtypes = {key: a.dtype for key, a in arrays.items()}
-            self._pending = {key: [] for key in arrays}
-            self._lowdim = {key: [] for key in arrays if not key.startswith(IMAGE_PREFIX)}
-        for key, array in arrays.items():
-            self._pending[key].append(array)
-        self._num_steps += 1
-        if self._num_steps - self._num_flushed >= self._flush_every:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write the buffered steps into the partial group, then record the new step count."""
-        self._check_open()
-        count = self._num_steps - self._num_flushed
-        if count == 0:
-            return
-        for key, pending in self._pending.items():
-            block = np.stack(pending)
-            array = self._arrays.get(key)
-            if array is None:
-                spec = _array_spec(
-                    key,
-                    (0, *self._shapes[key]),
-                    self._dtypes[key],
-                    self._store.compressor,
-                    self._store.compression_level,
-                )
-                array = ArrayAppender(_child_path(self._path, key), spec)
-                self._arrays[key] = array
-            array.append(block)
-            if key in self._lowdim:
-                self._lowdim[key].append(block)
-            pending.clear()
-        self._num_flushed = self._num_steps
-        self._write_progress()
-
-    def _write_progress(self) -> None:
-        _write_json_atomic(
-            self._path / PROGRESS_FILE,
-            {
-                "writer": self._token,
-                "meta": self._meta,
-                "num_steps": self._num_flushed,
-                "step_shapes": {k: list(v) for k, v in self._shapes.items()},
-            },
-            durable=False,  # crash safety comes from the atomic rename; power-cut durability from commit
-        )
-
-    def commit(self, outcome: Outcome, ended_at: float | None = None) -> EpisodeInfo:
-        """Validate the whole recording and make it visible as a committed episode."""
-        self._check_open()
-        self.flush()
-        if self._num_steps == 0:
-            raise EpisodeError(ACTION, "episode has no steps")
-        started_at = float(self._meta["started_at"])
-        end = max(started_at, time.time()) if ended_at is None else float(ended_at)
-        lowdim = {key: np.concatenate(blocks) for key, blocks in self._lowdim.items()}
-        info = _episode_info(self._meta, Outcome(outcome), end, lowdim, self._shapes, self._num_steps)
-        info = self._store._finish_group(self._path, info)
-        self._store._publish(self._path, self.episode_id)
-        self._close()
-        with self._store._lock:
-            self._store._infos[info.episode_id] = info
-        return info
-
-    def abort(self) -> None:
-        """Throw the recording away (nothing becomes visible)."""
-        if self._closed:
-            return
-        self._close()
-        self._store._remove_partial(self._path)
-
-    def _close(self) -> None:
-        self._closed = True
-        self._pending.clear()
-        self._lowdim.clear()
-        with self._store._lock:
-            self._store._writers.pop(self.episode_id, None)
+    def clean_partials(self, *, older_than_s: float | None = None) -> builtins.list[str]:
+        """Discard every abandoned partial episode (optionally only those untouched for `older_than_s`)."""
+        return partial_recovery.clean_partials(self, older_than_s=older_than_s)

@@ -2,13 +2,13 @@
 
 Peers send large payloads in fixed chunks with no id, sequence number or checksum; here every chunk names
 its episode, its index, the chunk count and the total size, and the last chunk carries the sha256 of the
-whole payload, so the learner can keep the pieces of an interrupted upload, say which ones it still needs
-(`ChunkSet.missing()`, answered by `Fleet.QueryUpload`) and refuse a corrupt or inconsistent reassembly.
+whole payload (`sop.hashing.sha256_hex`), so the learner can keep the pieces of an interrupted upload, say
+which ones it still needs (`ChunkSet.missing()`, answered by `Fleet.QueryUpload`) and refuse a corrupt or
+inconsistent reassembly.
 
 Public API:
 
     MAX_CHUNK_BYTES = 1 << 20
-    sha256_hex(data) -> str
     split_into_chunks(episode_id, payload, max_chunk_bytes=MAX_CHUNK_BYTES) -> list[fleet_pb2.EpisodeChunk]
     ChunkSet(episode_id=None, *, max_chunk_bytes=MAX_CHUNK_BYTES, max_total_bytes=DEFAULT_MAX_EPISODE_BYTES,
              min_chunk_bytes=1)
@@ -27,21 +27,16 @@ A `ChunkSet.add` that raises leaves the set unchanged.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from typing import Final
 
 from sop.data.codec import DEFAULT_MAX_EPISODE_BYTES, CodecError
+from sop.hashing import sha256_hex
 from sop.v1 import fleet_pb2
 
 MAX_CHUNK_BYTES: Final = 1 << 20
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-
-
-def sha256_hex(data: bytes | bytearray | memoryview) -> str:
-    """Lower-case hex sha256, the form used on the wire for episodes and checkpoints."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def split_into_chunks(

@@ -23,13 +23,14 @@ import json
 import math
 import os
 import shutil
-import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 from numcodecs import blosc
+
+from sop.durable_files import write_atomically
 
 METADATA_FILE: Final = "zarr.json"
 SUPPORTED_DTYPES: Final = frozenset({"float32", "float64", "int64", "int32", "uint8", "bool"})
@@ -131,15 +132,15 @@ class ArraySpec:
 
 
 def _write_file(path: Path, data: bytes | memoryview, *, atomic: bool) -> None:
-    """Plain write inside a staging directory; temporary name + rename where a reader may be looking."""
+    """Plain write inside a staging directory; temporary name + rename where a reader may be looking.
+
+    Never fsynced here: the episode store makes a whole group durable at once before publishing it.
+    """
     if not atomic:
         with open(path, "wb") as f:
             f.write(data)
         return
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    write_atomically(path, data, durable=False)
 
 
 def _write_json(path: Path, data: dict[str, Any], *, atomic: bool) -> None:

@@ -21,7 +21,8 @@ import torch
 from diffusers.optimization import get_scheduler
 from safetensors.torch import load_file, save
 
-from sop.checkpoint import CheckpointError, weights_sha256, write_atomically
+from sop.checkpoint import CheckpointError, weights_sha256
+from sop.durable_files import write_atomically, write_json_atomically
 from sop.policies.base import Policy
 
 
@@ -225,8 +226,10 @@ def save_training_state(directory: Path, tensors: dict[str, torch.Tensor], meta:
     directory.mkdir(parents=True, exist_ok=True)
     tensor_name = f"training_state.{int(meta['step']):09d}.safetensors"
     document = dict(meta, tensors_file=tensor_name, tensors_sha256=weights_sha256(tensors))
-    write_atomically(directory / tensor_name, save(tensors))
-    write_atomically(directory / STATE_JSON, json.dumps(document, indent=1, sort_keys=True).encode())
+    write_atomically(directory / tensor_name, save(tensors), durable=True, private=True)
+    write_json_atomically(
+        directory / STATE_JSON, document, durable=True, private=True, indent=1, sort_keys=True
+    )
     for old in directory.glob("training_state.*.safetensors"):
         if old.name != tensor_name:
             old.unlink(missing_ok=True)

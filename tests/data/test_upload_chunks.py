@@ -6,7 +6,8 @@ from hypothesis import strategies as st
 
 from sop.data.codec import CodecError, decode_episode, encode_episode
 from sop.data.synthetic_episodes import make_episode
-from sop.data.upload_chunks import MAX_CHUNK_BYTES, ChunkSet, sha256_hex, split_into_chunks
+from sop.data.upload_chunks import MAX_CHUNK_BYTES, ChunkSet, split_into_chunks
+from sop.hashing import sha256_hex
 from sop.v1 import fleet_pb2
 
 EPISODE_ID = "0b1f2a6e-0d7a-4f5e-9b1c-2f3a4b5c6d7e"

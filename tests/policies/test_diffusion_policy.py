@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from sop.checkpoint import CheckpointError, blob_sha256
+from sop.checkpoint import CheckpointError
+from sop.hashing import sha256_hex
 from sop.policies import ObservationError, SamplerConfig, SamplerKind, load_policy
 from sop.policies.configuration_diffusion import GripperMode
 from sop.policies.modeling_diffusion import DiffusionPolicy
@@ -257,7 +258,7 @@ def test_checkpoint_round_trip_gives_identical_actions(
     for loaded in (
         load_policy(directory, SamplerConfig(kind=SamplerKind.DDIM, ddim_steps=3)),
         load_policy(
-            blob, SamplerConfig(kind=SamplerKind.DDIM, ddim_steps=3), expected_sha256=blob_sha256(blob)
+            blob, SamplerConfig(kind=SamplerKind.DDIM, ddim_steps=3), expected_sha256=sha256_hex(blob)
         ),
     ):
         assert isinstance(loaded, DiffusionPolicy)
