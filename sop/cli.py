@@ -73,11 +73,11 @@ COMMANDS: dict[str, Command] = {
     "import lerobot": Command(
         "sop.data.lerobot_dataset", "import a LeRobotDataset as offline demonstrations", "import_main"
     ),
-    "bench env": Command("sim.benchmark", "Meta-World env steps/s with and without rendering"),
-    "bench data": Command("sop.data.benchmark", "codec, store and window-sampler throughput"),
-    "bench rti": Command("sim.rti_benchmark", "RTI vs DDPM/DDIM success and latency"),
-    "bench robot": Command("robot_client.benchmark", "control-loop timing while uploading and swapping"),
-    "bench learner": Command("cloud_learner.benchmark", "ingest, broadcast and trainer throughput"),
+    "bench env": Command("benchmarks.env", "Meta-World env steps/s with and without rendering"),
+    "bench data": Command("benchmarks.data", "codec, store and window-sampler throughput"),
+    "bench rti": Command("benchmarks.rti", "RTI vs DDPM/DDIM success and latency"),
+    "bench robot": Command("benchmarks.robot", "control-loop timing while uploading and swapping"),
+    "bench learner": Command("benchmarks.learner", "ingest, broadcast and trainer throughput"),
     "bench fleet": Command("sim.fleet_benchmark", "success vs per-robot steps for 1, 2, 4 robots"),
     "bench soak": Command(
         "sim.soak_benchmark", "a fleet under sustained load: learner memory, 0 lost, latency"

@@ -16,7 +16,10 @@ from typing import Any
 import draccus
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The configs that ship inside the package. In the repository `sop/configs` is a link to the top-level
+# `configs/`, the one copy users read and edit; a built wheel holds the files themselves (pyproject.toml,
+# package-data), so an installed `sop demo` finds `demo.yaml` without a checkout.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 class ConfigError(ValueError):
@@ -46,14 +49,28 @@ def _split_config_flag(argv: Sequence[str]) -> tuple[str | None, list[str]]:
 
 
 def resolve_config_path(path: str | Path) -> Path:
-    """A config path as given, or relative to the repository's configs/ folder (`--config demo.yaml`)."""
+    """The config file a user named: the path as given if it exists; a config named by its file name
+    (`demo.yaml`, or `configs/demo.yaml` outside the repository) comes from the working directory's `configs/`
+    first, then from the configs shipped in the package.
+
+    Any other path that does not exist is an error rather than a packaged stand-in: a mistyped
+    `/etc/sop/robot.yaml` must not run a robot on the default config.
+    """
     candidate = Path(path)
     if candidate.exists():
         return candidate
-    bundled = CONFIG_DIR / candidate.name
-    if bundled.exists():
-        return bundled
-    raise ConfigError(f"config file {str(path)!r} does not exist")
+    named = len(candidate.parts) == 1 or (len(candidate.parts) == 2 and candidate.parts[0] == "configs")
+    if named:
+        for folder in (Path("configs"), CONFIG_DIR):
+            found = folder / candidate.name
+            if found.is_file():
+                return found
+        shipped = ", ".join(sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))) or "none"
+        raise ConfigError(
+            f"config file {str(path)!r} does not exist (looked in ., ./configs and the configs shipped with "
+            f"sop: {shipped}): give the path of an existing file or one of those names"
+        )
+    raise ConfigError(f"config file {str(path)!r} does not exist: give a path to an existing YAML file")
 
 
 def _explain(exc: BaseException) -> str:

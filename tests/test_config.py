@@ -5,7 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from sop.config import ConfigError, config_from_dict, load_config_file, parse_config
+from sop.config import (
+    CONFIG_DIR,
+    ConfigError,
+    config_from_dict,
+    load_config_file,
+    parse_config,
+    resolve_config_path,
+)
 
 
 @dataclass
@@ -75,3 +82,32 @@ def test_dict_and_file_loading(tmp_path: Path) -> None:
     path.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config_file(ExampleConfig, path)
+
+
+def test_a_named_config_comes_from_the_package_outside_a_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    assert CONFIG_DIR.parent == Path(__file__).resolve().parents[1] / "sop"
+    assert resolve_config_path("configs/demo.yaml") == CONFIG_DIR / "demo.yaml"
+    assert resolve_config_path("demo.yaml") == CONFIG_DIR / "demo.yaml"
+
+
+def test_the_working_directory_comes_before_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "demo.yaml").write_text("episodes: 1\n")
+    assert resolve_config_path("demo.yaml") == Path("configs/demo.yaml")
+    assert resolve_config_path("configs/demo.yaml") == Path("configs/demo.yaml")
+    (tmp_path / "demo.yaml").write_text("episodes: 2\n")
+    assert resolve_config_path("demo.yaml") == Path("demo.yaml")
+
+
+def test_a_missing_path_is_not_replaced_by_a_shipped_config(tmp_path: Path) -> None:
+    """A mistyped folder must not quietly run on the default config of the same name."""
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_config_path(tmp_path / "etc" / "robot.yaml")
+    with pytest.raises(ConfigError, match=r"'nowhere\.yaml' does not exist .*demo\.yaml"):
+        resolve_config_path("nowhere.yaml")

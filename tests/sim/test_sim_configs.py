@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from sim.benchmark import EnvBenchConfig
 from sim.demonstrations import DemosConfig
 from sim.showcase import ShowcaseConfig
 from sim.tasks import expand_task_list_flag
@@ -37,8 +36,6 @@ def test_value_failing_validation_is_a_config_error() -> None:
         parse_config(ShowcaseConfig, ["--env.image_width", "0"])
     with pytest.raises(ConfigError):
         parse_config(DemosConfig, ["--episodes", "0"])
-    with pytest.raises(ConfigError):
-        parse_config(EnvBenchConfig, ["--camera", "ceiling"])
 
 
 def test_comma_separated_task_lists_are_accepted_on_the_command_line() -> None:

@@ -12,18 +12,16 @@ A, B, C, ...) so background load hits all variants alike; the table reports medi
 from __future__ import annotations
 
 import os
-import platform
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import mujoco
 import numpy as np
 from rich.console import Console
 
+from benchmarks.machine import describe_machine, load_average
+from benchmarks.reporting import command_line, interleaved_medians, markdown_table, write_report
 from sim.metaworld_env import EnvConfig, MetaWorldEnv
 from sim.tasks import MT10_TASKS, expand_task_list_flag, parse_task_list
 from sop.config import parse_config
@@ -87,14 +85,6 @@ def _reset_ms(env: MetaWorldEnv, resets: int, rng: np.random.Generator) -> float
     return 1000.0 * (time.perf_counter() - started) / resets
 
 
-def _interleaved_medians(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
-    samples: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            samples[name].append(run())
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
 def _image_config(config: EnvBenchConfig, fast: bool, steps: int) -> EnvConfig:
     return EnvConfig(
         max_episode_steps=steps + 1,
@@ -112,7 +102,7 @@ def time_task(task: str, config: EnvBenchConfig) -> TaskTiming:
     image_env = MetaWorldEnv(task, _image_config(config, fast=True, steps=config.image_steps))
     try:
         image_env.reset(seed=0)  # the first render creates the GL context; keep it out of the timing
-        medians = _interleaved_medians(
+        medians = interleaved_medians(
             {
                 "state": lambda: _steps_per_second(state_env, config.state_steps, rng),
                 "image": lambda: _steps_per_second(image_env, config.image_steps, rng),
@@ -135,7 +125,7 @@ def time_render_quality(config: EnvBenchConfig) -> tuple[float, float]:
     try:
         default_env.reset(seed=0)
         fast_env.reset(seed=0)
-        medians = _interleaved_medians(
+        medians = interleaved_medians(
             {
                 "default": lambda: _steps_per_second(default_env, steps, rng),
                 "fast": lambda: _steps_per_second(fast_env, steps, rng),
@@ -149,18 +139,9 @@ def time_render_quality(config: EnvBenchConfig) -> tuple[float, float]:
 
 
 def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     return (
-        f"{os.cpu_count()} CPU cores ({cpu}), no GPU; MuJoCo {mujoco.__version__}, "
-        f"MUJOCO_GL={os.environ.get('MUJOCO_GL', '')}, Python {platform.python_version()}; "
-        f"load average at the end of the run {load}"
+        f"{describe_machine().summary()}; MuJoCo {mujoco.__version__}, "
+        f"MUJOCO_GL={os.environ.get('MUJOCO_GL', '')}; load average at the end of the run {load_average()}"
     )
 
 
@@ -178,25 +159,46 @@ def markdown_report(
         f"{config.repeats} repeats ({config.state_steps} state-only steps, {config.image_steps} steps with an image, "
         f"{config.resets} resets per repeat; uniform random actions).",
         "",
-        f"| task | steps/s, state only | steps/s, {size} image ({config.camera}) | image ms/step | ratio | reset ms |",
-        "|---|---:|---:|---:|---:|---:|",
     ]
-    for t in timings:
-        lines.append(
-            f"| {t.task} | {t.state_steps_per_s:.0f} | {t.image_steps_per_s:.0f} | {t.image_ms:.1f} | "
-            f"{t.state_steps_per_s / t.image_steps_per_s:.1f}x | {t.reset_ms:.1f} |"
-        )
+    lines += markdown_table(
+        [
+            "task",
+            "steps/s, state only",
+            f"steps/s, {size} image ({config.camera})",
+            "image ms/step",
+            "ratio",
+            "reset ms",
+        ],
+        [
+            [
+                t.task,
+                f"{t.state_steps_per_s:.0f}",
+                f"{t.image_steps_per_s:.0f}",
+                f"{t.image_ms:.1f}",
+                f"{t.state_steps_per_s / t.image_steps_per_s:.1f}x",
+                f"{t.reset_ms:.1f}",
+            ]
+            for t in timings
+        ],
+        align="lrrrrr",
+    )
     default_ms, fast_ms = quality
     lines += [
         "",
         f"Render quality, {config.quality_task}, {size}, ms per step with an image (median of {config.repeats}, "
         f"{config.default_quality_steps} steps each):",
         "",
-        "| MuJoCo default (shadowsize 4096, offsamples 4) | fast (shadowsize 0, offsamples 0; our default) | ratio |",
-        "|---:|---:|---:|",
-        f"| {default_ms:.1f} | {fast_ms:.1f} | {default_ms / fast_ms:.1f}x |",
-        "",
     ]
+    lines += markdown_table(
+        [
+            "MuJoCo default (shadowsize 4096, offsamples 4)",
+            "fast (shadowsize 0, offsamples 0; our default)",
+            "ratio",
+        ],
+        [[f"{default_ms:.1f}", f"{fast_ms:.1f}", f"{default_ms / fast_ms:.1f}x"]],
+        align="rrr",
+    )
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -216,12 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     console.print(
         f"render quality ({config.quality_task}): default {quality[0]:.1f} ms, fast {quality[1]:.1f} ms"
     )
-    command = " ".join(["sop bench env", *args]).strip()
-    report = markdown_report(timings, quality, config, command)
+    report = markdown_report(timings, quality, config, command_line("sop bench env", args))
     if config.output:
-        path = Path(config.output)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(report)
+        path = write_report(config.output, report)
         console.print(f"wrote {path}")
     else:
         console.print(report)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sim.benchmark import main
+import pytest
+
+from benchmarks.env import EnvBenchConfig, main
+from sop.config import ConfigError, parse_config
 
 
 def test_env_benchmark_writes_its_markdown_table(tmp_path: Path) -> None:
@@ -16,7 +19,12 @@ def test_env_benchmark_writes_its_markdown_table(tmp_path: Path) -> None:
     assert main(argv) == 0
     text = output.read_text()
     assert "sop bench env --tasks [reach-v3]" in text
-    assert "CPU cores" in text
+    assert "CPU cores" in text and "MuJoCo" in text
     row = next(line for line in text.splitlines() if line.startswith("| reach-v3 |"))
     state_rate, image_rate = (float(cell) for cell in row.split("|")[2:4])
     assert state_rate > image_rate > 0
+
+
+def test_an_unknown_camera_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        parse_config(EnvBenchConfig, ["--camera", "ceiling"])

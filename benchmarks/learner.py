@@ -26,12 +26,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import platform
 import queue
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +42,8 @@ from typing import Any
 import grpc
 import numpy as np
 
+from benchmarks.machine import describe_machine
+from benchmarks.reporting import command_line, markdown_table, median, write_report
 from sop.config import parse_config
 from sop.credentials import TokenRegistry, call_metadata
 from sop.data.codec import encode_episode
@@ -144,6 +143,21 @@ def lerobot_transitions_bytes(episode: Episode) -> bytes:
     return bytes(transitions_to_bytes(transitions))  # type: ignore[arg-type]
 
 
+def _run_together(
+    robot: Callable[[int], None], count: int, barrier: threading.Barrier
+) -> tuple[float, float]:
+    """Runs `robot(0)` .. `robot(count - 1)` on threads; each prepares, then waits on `barrier` (count + 1
+    parties) so all start at once. Returns (start, end): wall-clock times of the release and the last finish."""
+    threads = [threading.Thread(target=robot, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    start = time.time()
+    for thread in threads:
+        thread.join()
+    return start, time.time()
+
+
 def _client_sop_ingest(job: dict[str, Any]) -> dict[str, Any]:
     from sop.v1 import fleet_pb2_grpc
 
@@ -185,16 +199,10 @@ def _client_sop_ingest(job: dict[str, Any]) -> dict[str, Any]:
                 break
         channel.close()
 
-    threads = [threading.Thread(target=robot, args=(u,)) for u in range(uploaders)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    start = time.time()
-    for thread in threads:
-        thread.join()
+    start, end = _run_together(robot, uploaders, barrier)
     return {
         "start": start,
-        "end": time.time(),
+        "end": end,
         "bytes": total_bytes,
         "episodes": uploaders * per,
         "errors": errors,
@@ -230,16 +238,10 @@ def _client_lerobot_ingest(job: dict[str, Any]) -> dict[str, Any]:
                 errors.append(f"{exc.code()}: {exc.details()}")
         channel.close()
 
-    threads = [threading.Thread(target=robot, args=(u,)) for u in range(uploaders)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    start = time.time()
-    for thread in threads:
-        thread.join()
+    start, end = _run_together(robot, uploaders, barrier)
     return {
         "start": start,
-        "end": time.time(),
+        "end": end,
         "bytes": sum(len(p) for w in work for p in w),
         "episodes": uploaders * per,
         "errors": errors,
@@ -289,14 +291,8 @@ def _client_fetch(job: dict[str, Any]) -> dict[str, Any]:
                 verified[0] += 1
         channel.close()
 
-    threads = [threading.Thread(target=robot, args=(r,)) for r in range(robots)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    start = time.time()
-    for thread in threads:
-        thread.join()
-    return {"start": start, "end": time.time(), "verified": verified[0]}
+    start, end = _run_together(robot, robots, barrier)
+    return {"start": start, "end": end, "verified": verified[0]}
 
 
 def _client_raw_receive(job: dict[str, Any]) -> dict[str, Any]:
@@ -319,14 +315,8 @@ def _client_raw_receive(job: dict[str, Any]) -> dict[str, Any]:
                     digest.update(view[:n])
                 received[c] += n
 
-    threads = [threading.Thread(target=receiver, args=(c,)) for c in range(connections)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    start = time.time()
-    for thread in threads:
-        thread.join()
-    return {"start": start, "end": time.time(), "bytes": sum(received)}
+    start, end = _run_together(receiver, connections, barrier)
+    return {"start": start, "end": end, "bytes": sum(received)}
 
 
 CLIENT_JOBS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -350,7 +340,7 @@ def client_main() -> int:
 class RobotProcess:
     def __init__(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cloud_learner.benchmark", "client"],
+            [sys.executable, "-m", "benchmarks.learner", "client"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -494,10 +484,6 @@ class LerobotLearner:
         self.server.stop(0.5).wait()
 
 
-def _median(values: list[float]) -> float:
-    return float(statistics.median(values))
-
-
 def bench_tokens(count: int, directory: Path) -> tuple[Path, dict[str, str]]:
     registry = TokenRegistry({})
     tokens = {f"bench-{i}": f"bench-token-{i}" for i in range(count)}
@@ -629,27 +615,27 @@ def bench_ingest(config: LearnerBenchConfig, work: Path, robot: RobotProcess, fi
                     end = max(lr["end"], lerobot.wait_for(before + count))
                     episodes_per_s["lerobot"].append(count / (end - lr["start"]))
                     rates["lerobot"].append(lr["bytes"] / (end - lr["start"]))
-            raw_mbps = _median(rates["raw"]) / 1e6
-            sop_mbps, memory_mbps = _median(rates["sop"]) / 1e6, _median(rates["memory"]) / 1e6
+            raw_mbps = median(rates["raw"]) / 1e6
+            sop_mbps, memory_mbps = median(rates["sop"]) / 1e6, median(rates["memory"]) / 1e6
             figures.add(
                 f"ingest, {_plural(uploaders)} ({count} episodes, {nbytes / count / 1e6:.2f} MB each)",
-                f"{_median(episodes_per_s['sop']):.1f} ep/s, {sop_mbps:.0f} MB/s",
+                f"{median(episodes_per_s['sop']):.1f} ep/s, {sop_mbps:.0f} MB/s",
                 f"{100 * sop_mbps / raw_mbps:.1f} % of raw socket ({raw_mbps:.0f} MB/s); per episode: sha256 "
                 f"{1e3 * stages['seconds_verifying']:.1f} ms, decode+validate {1e3 * stages['seconds_decoding']:.1f} ms, "
                 f"zarr commit {1e3 * stages['seconds_committing']:.1f} ms",
             )
             figures.add(
                 f"  same, validated but kept in memory (ablation: no zarr), {_plural(uploaders)}",
-                f"{_median(episodes_per_s['memory']):.1f} ep/s, {memory_mbps:.0f} MB/s",
+                f"{median(episodes_per_s['memory']):.1f} ep/s, {memory_mbps:.0f} MB/s",
                 f"{100 * memory_mbps / raw_mbps:.1f} % of raw socket",
             )
             if lerobot is not None:
-                lerobot_eps = _median(episodes_per_s["lerobot"])
+                lerobot_eps = median(episodes_per_s["lerobot"])
                 figures.add(
                     f"  lerobot transport (torch.save, into memory), {_plural(uploaders)}",
-                    f"{lerobot_eps:.1f} ep/s, {_median(rates['lerobot']) / 1e6:.0f} MB/s",
-                    f"SOP (zarr, durable) / lerobot = {_median(episodes_per_s['sop']) / lerobot_eps:.2f}x episodes/s; "
-                    f"SOP in memory / lerobot = {_median(episodes_per_s['memory']) / lerobot_eps:.2f}x",
+                    f"{lerobot_eps:.1f} ep/s, {median(rates['lerobot']) / 1e6:.0f} MB/s",
+                    f"SOP (zarr, durable) / lerobot = {median(episodes_per_s['sop']) / lerobot_eps:.2f}x episodes/s; "
+                    f"SOP in memory / lerobot = {median(episodes_per_s['memory']) / lerobot_eps:.2f}x",
                 )
     finally:
         raw.close()
@@ -692,7 +678,7 @@ def bench_broadcast(config: LearnerBenchConfig, work: Path, robot: RobotProcess,
             assert result["bytes"] == connections * len(blob)
             return float(result["end"] - result["start"])
 
-        raw_one = _median([raw_copy(1) for _ in range(config.repeats)])
+        raw_one = median([raw_copy(1) for _ in range(config.repeats)])
         figures.add(
             f"raw TCP copy of the {len(blob) / 1e6:.0f} MB checkpoint to 1 receiver",
             f"{1e3 * raw_one:.0f} ms",
@@ -714,12 +700,12 @@ def bench_broadcast(config: LearnerBenchConfig, work: Path, robot: RobotProcess,
                         f"only {result['verified']} of {robots} robots verified the checkpoint"
                     )
                 times.append(result["end"] - result["start"])
-            raw_n = _median([raw_copy(robots, verify=True) for _ in range(config.repeats)])
+            raw_n = median([raw_copy(robots, verify=True) for _ in range(config.repeats)])
             figures.add(
                 f"broadcast to {robots} robot{'s' if robots > 1 else ''}, sha256 verified",
-                f"{1e3 * _median(times):.0f} ms",
-                f"{_median(times) / raw_one:.2f}x one raw copy; raw copies to {robots} receivers hashing "
-                f"(sha256) as robots do: {1e3 * raw_n:.0f} ms ({_median(times) / raw_n:.2f}x)",
+                f"{1e3 * median(times):.0f} ms",
+                f"{median(times) / raw_one:.2f}x one raw copy; raw copies to {robots} receivers hashing "
+                f"(sha256) as robots do: {1e3 * raw_n:.0f} ms ({median(times) / raw_n:.2f}x)",
             )
     finally:
         sender.listener.close()
@@ -800,17 +786,17 @@ def bench_trainer(config: LearnerBenchConfig, work: Path, figures: Figures) -> N
     parameters = sum(p.numel() for p in policy.network.parameters()) / 1e6
     figures.add(
         f"trainer, default policy ({parameters:.1f} M params), batch {batch_size}",
-        f"{_median(ours):.0f} samples/s",
-        f"bare torch loop {_median(bare):.0f} samples/s -> {100 * _median(ours) / _median(bare):.0f} %",
+        f"{median(ours):.0f} samples/s",
+        f"bare torch loop {median(bare):.0f} samples/s -> {100 * median(ours) / median(bare):.0f} %",
     )
 
 
 def machine_line() -> str:
-    return f"{os.cpu_count()}-core {platform.machine()} CPU, no GPU, Python {platform.python_version()}, grpcio {grpc.__version__}"
+    return f"{describe_machine().summary()}, grpcio {grpc.__version__}"
 
 
 def write_markdown(path: Path, figures: Figures, argv: list[str], config: LearnerBenchConfig) -> None:
-    command = "sop bench learner" + (" " + " ".join(argv) if argv else "")
+    command = command_line("sop bench learner", argv)
     lines = [
         "## Learner: ingest, broadcast, trainer",
         "",
@@ -824,12 +810,11 @@ def write_markdown(path: Path, figures: Figures, argv: list[str], config: Learne
         "`Transition`s through `transitions_to_bytes` (torch.save) and `bytes_to_transitions` on the learner, "
         "into memory only (benchmark process only; SOP never unpickles).",
         "",
-        "| what | result | beside |",
-        "|---|---|---|",
     ]
-    lines += [f"| {what.strip()} | {value} | {note} |" for what, value, note in figures.rows]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    lines += markdown_table(
+        ["what", "result", "beside"], [[what.strip(), value, note] for what, value, note in figures.rows]
+    )
+    write_report(path, "\n".join(lines) + "\n")
 
 
 def main(argv: list[str]) -> int:

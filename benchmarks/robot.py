@@ -23,7 +23,6 @@ import hashlib
 import logging
 import multiprocessing
 import os
-import platform
 import threading
 import time
 from collections.abc import Iterator
@@ -34,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.machine import describe_machine, load_average
+from benchmarks.reporting import command_line, markdown_table, percentile, write_report
 from robot_client.config import (
     ControlConfig,
     LearnerLinkConfig,
@@ -350,14 +351,14 @@ def measure_phase(
         policy=policy,
         phase=phase,
         ticks=int(errors.size),
-        period_error_p50_ms=float(np.percentile(errors, 50)),
-        period_error_p99_ms=float(np.percentile(errors, 99)),
+        period_error_p50_ms=percentile(errors, 50),
+        period_error_p99_ms=percentile(errors, 99),
         period_error_max_ms=float(errors.max()),
-        latency_p50_ms=float(np.percentile(latency, 50)),
-        latency_p99_ms=float(np.percentile(latency, 99)),
-        inference_p50_ms=float(np.percentile(inference, 50)),
-        inference_p99_ms=float(np.percentile(inference, 99)),
-        full_solve_p50_ms=float(np.percentile(full_solve, 50)) if full_solve.size else float("nan"),
+        latency_p50_ms=percentile(latency, 50),
+        latency_p99_ms=percentile(latency, 99),
+        inference_p50_ms=percentile(inference, 50),
+        inference_p99_ms=percentile(inference, 99),
+        full_solve_p50_ms=percentile(full_solve, 50),
         deadline_misses=int(snapshot["deadline_misses"]),
         uploaded_mb=metrics._value(metrics.upload_bytes) / 1e6,
         swaps=int(snapshot["policy_swaps"]),
@@ -375,41 +376,45 @@ def _thread_is_fifo(daemon: RobotDaemon) -> bool:
         return False
 
 
-def write_report(
-    results: list[PhaseResult], bench: RobotBenchConfig, argv: list[str], load: tuple[float, ...]
-) -> str:
-    command = "sop bench robot" + ("" if not argv else " " + " ".join(argv))
-    cpu = platform.processor() or platform.machine()
-    try:
-        model = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-        cpu = model
-    except (OSError, StopIteration):
-        pass
+def format_report(results: list[PhaseResult], bench: RobotBenchConfig, argv: list[str], load: str) -> str:
+    """The markdown section; `load` is the load average taken before the run."""
     lines = [
         "## Robot control loop at 30 Hz while uploading and swapping checkpoints",
         "",
-        f"Command: `{command}` ({bench.duration_s:.0f} s per phase, one run, phases side by side).",
-        f"Machine: {os.cpu_count()} CPU cores ({cpu}), no GPU; load average before the run "
-        f"{load[0]:.2f} (other work was running on the machine). Meta-World `{bench.task}` robot, state "
-        "diffusion policies with the RTI sampler (random weights: timing only; `default` is the fleet's "
-        "policy config, `small` a tiny U-Net whose chunk costs a few ms), torch 1 thread.",
+        f"Command: `{command_line('sop bench robot', argv)}` ({bench.duration_s:.0f} s per phase, one run, "
+        "phases side by side).",
+        f"Machine: {describe_machine().summary()}; load average before the run {load} (other work was running "
+        f"on the machine). Meta-World `{bench.task}` robot, state diffusion policies with the RTI sampler "
+        "(random weights: timing only; `default` is the fleet's policy config, `small` a tiny U-Net whose chunk "
+        "costs a few ms), torch 1 thread.",
         "",
-        "| policy | phase | ticks | period error p50 (ms) | p99 (ms) | max (ms) | obs→action p50 (ms) | p99 (ms) "
-        "| RTI chunk p50 / p99 (ms) | full solve p50 (ms) | deadline misses | uploaded (MB) | swaps |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    header = [
+        "policy", "phase", "ticks", "period error p50 (ms)", "p99 (ms)", "max (ms)", "obs→action p50 (ms)",
+        "p99 (ms)", "RTI chunk p50 / p99 (ms)", "full solve p50 (ms)", "deadline misses", "uploaded (MB)",
+        "swaps",
+    ]  # fmt: skip
+    rows = []
     for r in results:
         name = r.phase + (" (SCHED_FIFO not permitted)" if r.phase.endswith("fifo") and not r.fifo else "")
-        lines.append(
-            f"| {r.policy} | {name} | {r.ticks} | {r.period_error_p50_ms:.3f} | {r.period_error_p99_ms:.3f} | "
-            f"{r.period_error_max_ms:.2f} | {r.latency_p50_ms:.2f} | {r.latency_p99_ms:.2f} | "
-            f"{r.inference_p50_ms:.1f} / {r.inference_p99_ms:.1f} | {r.full_solve_p50_ms:.0f} | {r.deadline_misses} "
-            f"| {r.uploaded_mb:.0f} | {r.swaps} |"
+        rows.append(
+            [
+                r.policy,
+                name,
+                r.ticks,
+                f"{r.period_error_p50_ms:.3f}",
+                f"{r.period_error_p99_ms:.3f}",
+                f"{r.period_error_max_ms:.2f}",
+                f"{r.latency_p50_ms:.2f}",
+                f"{r.latency_p99_ms:.2f}",
+                f"{r.inference_p50_ms:.1f} / {r.inference_p99_ms:.1f}",
+                f"{r.full_solve_p50_ms:.0f}",
+                r.deadline_misses,
+                f"{r.uploaded_mb:.0f}",
+                r.swaps,
+            ]
         )
+    lines += markdown_table(header, rows)
     lines += [
         "",
         "Period error is |t(k) - t(k-1) - 1/30 s| at tick start (ticks run on an absolute grid). The "
@@ -437,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
 
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    load = os.getloadavg()
+    load = load_average()
     results = []
     for policy in bench.policies:
         base = root / f"{policy}-base.safetensors"
@@ -470,9 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop.set()
             sink.join(10)
-    report = write_report(results, bench, args, load)
-    output = Path(bench.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(report)
+    report = format_report(results, bench, args, load)
+    write_report(bench.output, report)
     print(report)
     return 0

@@ -12,13 +12,12 @@ the Ta values listed in `rti_execution_horizons`. A last table times lerobot's
 DiffusionPolicy built at a matched size (randomly initialised: latency only) against ours in the same
 process. Results go to `benchmarks/results/rti.md` (and JSON next to it).
 
-The simulator is imported when the command runs (`sim` depends on `sop`, not the other way round).
+The simulator is imported only when the benchmark runs, so `--help` and a bad flag answer without loading it.
 """
 
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.machine import describe_machine
+from benchmarks.reporting import markdown_table, median_seconds, write_report
 from sop.config import parse_config
 from sop.policies import SamplerConfig, SamplerKind, load_policy
 from sop.policies.modeling_diffusion import DiffusionPolicy
@@ -89,12 +90,8 @@ def benchmark_rows(config: RTIBenchConfig, checkpoint_horizon: int) -> list[Row]
 
 
 def _time_chunks(predict: Any, repeats: int) -> float:
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        predict()
-        timings.append(time.perf_counter() - started)
-    return float(np.median(timings) * 1e3)
+    """Median milliseconds of one chunk prediction."""
+    return median_seconds(predict, repeats) * 1e3
 
 
 def lerobot_peer_latency(policy: DiffusionPolicy, repeats: int = 5) -> dict[str, Any]:
@@ -154,28 +151,39 @@ def _markdown(
         "## RTI-DP warm-started sampling vs cold-start DDPM / DDIM",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {platform.machine()} CPU, {torch.get_num_threads()} torch thread(s), no GPU; torch {torch.__version__}; "
+        f"Machine: {describe_machine().summary()}; {torch.get_num_threads()} torch thread(s); "
         f"shared with other processes while it ran.  ",
         f"Checkpoint: `{config.checkpoint}`; {config.episodes} seeded held-out episodes per task and row "
         f"(reset seeds {config.seed_offset}..{config.seed_offset + config.episodes - 1}, the same for every row); "
         f"episodes end at the first success or after {config.max_steps} steps. Wall time {elapsed / 60:.1f} min.",
         "",
-        "| sampler (Ta: actions executed per chunk) | calls/chunk (median) | ms/chunk (median) | ms/step (mean) | "
-        + " | ".join(short.values())
-        + " | mean success | vs DDPM-100 |",
-        "|---|---|---|---|" + "---|" * len(short) + "---|---|",
     ]
+    header = [
+        "sampler (Ta: actions executed per chunk)",
+        "calls/chunk (median)",
+        "ms/chunk (median)",
+        "ms/step (mean)",
+        *short.values(),
+        "mean success",
+        "vs DDPM-100",
+    ]
+    table = []
     for row in results:
         delta = (
             "" if reference is None else f"{100 * (row['success_rate'] - reference['success_rate']):+.1f} pts"
         )
-        cells = [f"{row['tasks'][task]['success_rate']:.2f}" for task in config.tasks]
-        lines.append(
-            f"| {row['label']} | {row['denoiser_calls_per_chunk_median']:.0f} | {row['ms_per_chunk_median']:.1f} | "
-            f"{row['ms_per_step_mean']:.2f} | "
-            + " | ".join(cells)
-            + f" | {row['success_rate']:.3f} | {delta} |"
+        table.append(
+            [
+                row["label"],
+                f"{row['denoiser_calls_per_chunk_median']:.0f}",
+                f"{row['ms_per_chunk_median']:.1f}",
+                f"{row['ms_per_step_mean']:.2f}",
+                *(f"{row['tasks'][task]['success_rate']:.2f}" for task in config.tasks),
+                f"{row['success_rate']:.3f}",
+                delta,
+            ]
         )
+    lines += markdown_table(header, table)
     lines += [
         "",
         "RTI rows: the first chunk of every episode is a full 100-step DDPM solve (the mean calls per chunk in the "
@@ -188,12 +196,14 @@ def _markdown(
             f"lerobot DiffusionPolicy at a matched size ({peer['lerobot_parameters'] / 1e6:.2f} M parameters vs ours "
             f"{peer['ours_parameters'] / 1e6:.2f} M; random weights, latency only), median ms per chunk, same process:",
             "",
-            "| schedule | lerobot DiffusionPolicy | SOP DiffusionPolicy | ratio |",
-            "|---|---|---|---|",
         ]
+        peer_rows = []
         for label in ("DDPM-100", "DDIM-10"):
             theirs, ours = peer[f"lerobot_{label}_ms"], peer[f"ours_{label}_ms"]
-            lines.append(f"| {label} | {theirs:.1f} | {ours:.1f} | {theirs / ours:.2f}x |")
+            peer_rows.append([label, f"{theirs:.1f}", f"{ours:.1f}", f"{theirs / ours:.2f}x"])
+        lines += markdown_table(
+            ["schedule", "lerobot DiffusionPolicy", "SOP DiffusionPolicy", "ratio"], peer_rows
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -241,9 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_config(RTIBenchConfig, args)
     results, peer, elapsed = run_benchmark(config)
     markdown = _markdown(config, results, peer, elapsed)
-    out = Path(config.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(markdown)
+    write_report(config.out, markdown)
     if config.json:
         Path(config.json).write_text(json.dumps({"rows": results, "lerobot_peer": peer}, indent=1))
     print(markdown)

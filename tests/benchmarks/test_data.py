@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sop.data.benchmark import main
+from benchmarks.data import main
 
 
 def test_bench_data_writes_a_table_with_every_figure(tmp_path: Path) -> None:

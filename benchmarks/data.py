@@ -15,17 +15,22 @@ Baselines (what the ratio divides by):
 from __future__ import annotations
 
 import os
-import platform
 import shutil
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.machine import describe_machine, load_average
+from benchmarks.reporting import (
+    command_line,
+    markdown_table,
+    median,
+    median_seconds,
+    time_once,
+    write_report,
+)
 from sop.config import parse_config
 from sop.data.codec import decode_episode, encode_episode
 from sop.data.episode_store import EpisodeStore
@@ -85,19 +90,6 @@ def _episodes(config: DataBenchmarkConfig) -> list[Episode]:
     return episodes
 
 
-def _median_seconds(
-    run: Callable[[], object], repeats: int, setup: Callable[[], object] | None = None
-) -> float:
-    times = []
-    for _ in range(repeats):
-        if setup is not None:
-            setup()
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 @dataclass
 class Row:
     what: str
@@ -136,12 +128,12 @@ def run_benchmark(config: DataBenchmarkConfig) -> list[Row]:
 
     # Codec.
     blob = encode_episode(episode)
-    encode = _median_seconds(lambda: encode_episode(episode), repeats)
-    raw_encode = _median_seconds(lambda: b"".join(v.tobytes() for v in episode.steps.values()), repeats)
+    encode = median_seconds(lambda: encode_episode(episode), repeats)
+    raw_encode = median_seconds(lambda: b"".join(v.tobytes() for v in episode.steps.values()), repeats)
     rows.append(
         Row("codec encode_episode", megabytes / encode, megabytes / raw_encode, "MB/s", "tobytes + join")
     )
-    decode = _median_seconds(lambda: decode_episode(blob), repeats)
+    decode = median_seconds(lambda: decode_episode(blob), repeats)
     raw = b"".join(v.tobytes() for v in episode.steps.values())
 
     def raw_decode() -> None:
@@ -150,7 +142,7 @@ def run_benchmark(config: DataBenchmarkConfig) -> list[Row]:
             np.frombuffer(raw, values.dtype, values.size, offset).reshape(values.shape).copy()
             offset += values.nbytes
 
-    raw_decode_s = _median_seconds(raw_decode, repeats)
+    raw_decode_s = median_seconds(raw_decode, repeats)
     rows.append(
         Row(
             "codec decode_episode (+validate)",
@@ -160,8 +152,8 @@ def run_benchmark(config: DataBenchmarkConfig) -> list[Row]:
             "frombuffer + copy",
         )
     )
-    chunks_s = _median_seconds(lambda: _reassemble(episode.episode_id, blob), repeats)
-    copy_s = _median_seconds(lambda: bytes(bytearray(blob)), repeats)
+    chunks_s = median_seconds(lambda: _reassemble(episode.episode_id, blob), repeats)
+    copy_s = median_seconds(lambda: bytes(bytearray(blob)), repeats)
     payload_mb = len(blob) / 1e6
     rows.append(
         Row(
@@ -181,15 +173,15 @@ def run_benchmark(config: DataBenchmarkConfig) -> list[Row]:
             ours_s, base_s = [], []
             for _ in range(repeats):  # interleaved, so load from other processes hits both alike
                 shutil.rmtree(store_dir, ignore_errors=True)
-                ours_s.append(_timed(_append_all, store_dir, episodes, durable))
+                ours_s.append(time_once(_append_all, store_dir, episodes, durable))
                 shutil.rmtree(numpy_dir, ignore_errors=True)
-                base_s.append(_timed(_save_all, numpy_dir, episodes, durable))
+                base_s.append(time_once(_save_all, numpy_dir, episodes, durable))
             label = "durable (fsync)" if durable else "no fsync"
             rows.append(
                 Row(
                     f"store append, {label}",
-                    all_megabytes / statistics.median(ours_s),
-                    all_megabytes / statistics.median(base_s),
+                    all_megabytes / median(ours_s),
+                    all_megabytes / median(base_s),
                     "MB/s",
                     f"np.save per array, {label}",
                 )
@@ -198,8 +190,8 @@ def run_benchmark(config: DataBenchmarkConfig) -> list[Row]:
         store = EpisodeStore(store_dir, create=False)
         ids = [i.episode_id for i in store.list()]
         saved = sorted(numpy_dir.iterdir())
-        read = _median_seconds(lambda: [store.get(i) for i in ids], repeats)
-        load = _median_seconds(lambda: [[np.load(p) for p in d.iterdir()] for d in saved], repeats)
+        read = median_seconds(lambda: [store.get(i) for i in ids], repeats)
+        load = median_seconds(lambda: [[np.load(p) for p in d.iterdir()] for d in saved], repeats)
         rows.append(
             Row(
                 "store get (whole episodes)",
@@ -217,12 +209,6 @@ def run_benchmark(config: DataBenchmarkConfig) -> list[Row]:
         if config.work_dir is None:
             shutil.rmtree(scratch, ignore_errors=True)
     return rows
-
-
-def _timed(run: Callable[..., object], *args: object) -> float:
-    start = time.perf_counter()
-    run(*args)
-    return time.perf_counter() - start
 
 
 def _append_all(root: Path, episodes: list[Episode], durable: bool) -> None:
@@ -268,14 +254,14 @@ def _sampling_rows(config: DataBenchmarkConfig, store: EpisodeStore, episodes: l
         sampler.sample(batch, rng)  # warm the array cache
         ours_s, base_s = [], []
         for _ in range(config.repeats):
-            ours_s.append(_timed(sampler.sample, batch, rng))
-            base_s.append(_timed(gather, rng, with_images))
+            ours_s.append(time_once(sampler.sample, batch, rng))
+            base_s.append(time_once(gather, rng, with_images))
         label = f"{len(cameras)} camera(s) read lazily" if with_images else "low-dim only"
         rows.append(
             Row(
                 f"window sampling, {label}",
-                batch / statistics.median(ours_s),
-                batch / statistics.median(base_s),
+                batch / median(ours_s),
+                batch / median(base_s),
                 "windows/s",
                 "fancy indexing in memory",
             )
@@ -288,31 +274,34 @@ def format_markdown(config: DataBenchmarkConfig, rows: list[Row], command: str) 
     lines = [
         "## Data path: codec, episode store, window sampler",
         "",
-        f"Machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), no GPU, "
-        f"load average {os.getloadavg()[0]:.1f} when the run ended (shared with other work: absolute figures "
-        "move with load, ratios much less). "
+        f"Machine: {describe_machine().summary()}; load average {load_average()} when the run ended "
+        "(shared with other work: absolute figures move with load, ratios much less). "
         f"Data: {shape}; batches of {config.batch_size} windows (To={config.obs_horizon}, Tp={config.action_horizon}). "
         f"Medians of {config.repeats} repeats; each baseline runs in the same process on the same data.",
         "",
-        "| operation | SOP | baseline | SOP / baseline | baseline is | command |",
-        "|---|---|---|---|---|---|",
     ]
-    for row in rows:
-        lines.append(
-            f"| {row.what} | {row.ours:,.1f} {row.unit} | {row.baseline:,.1f} {row.unit} | {row.ratio:.2f} | "
-            f"{row.baseline_name} | `{command}` |"
-        )
+    lines += markdown_table(
+        ["operation", "SOP", "baseline", "SOP / baseline", "baseline is", "command"],
+        [
+            [
+                row.what,
+                f"{row.ours:,.1f} {row.unit}",
+                f"{row.baseline:,.1f} {row.unit}",
+                f"{row.ratio:.2f}",
+                row.baseline_name,
+                f"`{command}`",
+            ]
+            for row in rows
+        ],
+    )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str]) -> int:
     config = parse_config(DataBenchmarkConfig, argv)
     rows = run_benchmark(config)
-    command = " ".join(["sop bench data", *argv])
-    text = format_markdown(config, rows, command)
+    text = format_markdown(config, rows, command_line("sop bench data", argv))
     print(text)
     if config.out:
-        out = Path(config.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        write_report(config.out, text)
     return 0
