@@ -1,6 +1,7 @@
 # The two commands a newcomer types (see README.md):
 #   make demo   sets everything up and runs the main job
 #   make test   sets everything up and runs the whole test suite (what CI runs)
+# Both install every role (`.[dev]`, scripts/setup.sh); a single role installs its extra (README.md).
 VENV ?= .venv
 BIN := $(VENV)/bin
 export MUJOCO_GL ?= egl

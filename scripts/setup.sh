@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv with a Python >= 3.12, installs SOP with its dev extras, and generates the gRPC code.
+# Creates .venv with a Python >= 3.12, installs SOP with every role (`.[dev]`: the robot, learner and sim extras
+# plus the test and lint tools; README.md "Installing one role"), and generates the gRPC code.
 # Idempotent: re-running after a successful setup only re-installs when pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
