@@ -263,6 +263,7 @@ class RobotDaemon:
             self.metrics,
             on_committed=self.uploader.wake if self.uploader is not None else (lambda episode_id: None),
             busy=self.uploader.busy if self.uploader is not None else set,
+            wait_when_full=config.control.free_running,  # no deadline to keep: never drop a step
         )
         local = self._operator
         if local is None:

@@ -206,9 +206,12 @@ _STOP = object()
 class EpisodeRecorder:
     """Takes steps from the control thread without blocking and writes them to the spool on its own thread.
 
-    The control thread calls `begin`, `add_step` (never blocks: a full queue drops the step, counted and
-    logged), and `finish`. The writer flushes to disk every `flush_every` steps, which bounds what a crash
-    can lose.
+    The control thread calls `begin`, `add_step` and `finish`. On a real-time robot `add_step` never
+    blocks: a full queue drops the step, counted and logged, because a late control step is worse than a
+    gap in the record. A free-running (simulated) robot has no deadline, so there `add_step` waits for the
+    writer instead (`wait_when_full`): dropping steps would only cut holes in episodes for nothing (and, at
+    simulator speed on a busy machine, whole episodes came out empty). The writer flushes to disk every
+    `flush_every` steps, which bounds what a crash can lose.
     """
 
     def __init__(
@@ -218,8 +221,10 @@ class EpisodeRecorder:
         metrics: RobotMetrics,
         on_committed: Callable[[str], None] = lambda episode_id: None,
         busy: Callable[[], set[str]] = set,
+        wait_when_full: bool = False,
     ) -> None:
         self.spool = spool
+        self.wait_when_full = wait_when_full
         self.metrics = metrics
         self.on_committed = on_committed
         self.busy = busy
@@ -240,6 +245,15 @@ class EpisodeRecorder:
 
     def add_step(self, step: Mapping[str, Any]) -> None:
         try:
+            if self.wait_when_full:
+                # Wait for the writer, but never for a writer that is gone (then the step is dropped below).
+                while True:
+                    try:
+                        self._queue.put(step, timeout=0.5)
+                        return
+                    except queue.Full:
+                        if self._thread is None or not self._thread.is_alive():
+                            raise
             self._queue.put_nowait(step)
         except queue.Full:
             self.metrics.recorder_dropped_steps.inc()

@@ -116,3 +116,20 @@ def test_a_clean_stop_mid_episode_keeps_the_steps_as_aborted(robot_config: Confi
     (info,) = daemon.spool.pending()
     assert info.outcome is Outcome.ABORTED and info.num_steps == summary.steps
     assert daemon.spool.store.partial_episodes() == []
+
+
+def test_a_free_running_robot_waits_for_the_spool_writer_instead_of_dropping_steps(tmp_path: Path) -> None:
+    """A queue of two steps and a writer that flushes every step: far slower than the control side."""
+    config = SpoolConfig(durable=False, recorder_queue_steps=2, flush_every_steps=1)
+    counts = {}
+    for wait in (True, False):
+        metrics = RobotMetrics("robot-1")
+        spool = Spool(tmp_path / f"spool-{wait}", tmp_path / f"quarantine-{wait}", config, metrics)
+        recorder = EpisodeRecorder(spool, config, metrics, wait_when_full=wait)
+        recorder.start()
+        episode_id = record(recorder, 200, intervening=False, started_at=1000.0)
+        recorder.stop()
+        counts[wait] = spool.store.info(episode_id).num_steps
+        assert (metrics.snapshot()["recorder_dropped_steps"] == 0) is wait
+    assert counts[True] == 200
+    assert counts[False] < 200  # what a real-time robot does instead of missing its deadline
