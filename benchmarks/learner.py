@@ -741,7 +741,7 @@ def bench_trainer(config: LearnerBenchConfig, work: Path, figures: Figures) -> N
     replay = Replay(
         store,
         ReplayConfig(),
-        algorithm.sampler_settings(),
+        algorithm.frame_selection(),
         policy_config.observation_horizon,
         policy_config.prediction_horizon,
     )

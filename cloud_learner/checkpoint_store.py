@@ -1,14 +1,15 @@
 """Published checkpoints on disk: versioned, written atomically, the last N kept.
 
-Layout (each version is a checkpoint directory in `sop/checkpoint.py`'s format, plus two learner files):
+Layout (each version is a checkpoint directory in `sop/checkpoint.py`'s format, plus the learner's files):
 
     checkpoints/
       v000007/
         checkpoint.safetensors    the blob robots fetch (byte-for-byte what was announced)
         manifest.json             a copy of the manifest inside the blob
         publication.json          sha256 and size of the blob, publish time, trainer step and metrics
-        trainer_state.safetensors optimiser / EMA / schedule state, so a restarted learner continues (optional)
-        trainer_state.json        the same state's non-tensor part
+        training_state.json       optimiser / EMA / schedule state, so a restarted learner continues (optional):
+        training_state.*.safetensors  the resume layout of `sop.training.resume_state`, shared with `sop train bc`
+                                  (versions written before it hold `trainer_state.{json,safetensors}`; still read)
 
 A version is written into a hidden `.v000007.tmp-*` directory, every file fsynced, then renamed into place and
 the parent directory fsynced: after a crash a version is either fully there or absent, never half-written.
@@ -30,8 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as safetensors_load
-from safetensors.torch import save as safetensors_save
 
 from sop.checkpoint import (
     BLOB_NAME,
@@ -44,10 +43,9 @@ from sop.checkpoint import (
 )
 from sop.durable_files import fsync_path, write_synced
 from sop.hashing import sha256_hex
+from sop.training.resume_state import load_training_state, save_training_state
 
 PUBLICATION_NAME = "publication.json"
-TRAINER_STATE_NAME = "trainer_state.safetensors"
-TRAINER_META_NAME = "trainer_state.json"
 
 logger = logging.getLogger(__name__)
 
@@ -163,15 +161,7 @@ class CheckpointStore:
 
     def read_trainer_state(self, version: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         """The training state saved with `version`, or None when it was published without one."""
-        directory = self.path(version)
-        if not (directory / TRAINER_STATE_NAME).is_file() or not (directory / TRAINER_META_NAME).is_file():
-            return None
-        try:
-            meta = json.loads((directory / TRAINER_META_NAME).read_text())
-            tensors = safetensors_load((directory / TRAINER_STATE_NAME).read_bytes())
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{directory}: training state cannot be read ({exc})") from None
-        return tensors, meta
+        return load_training_state(self.path(version))
 
     def discard(self, version: int, reason: str) -> None:
         """Forget a damaged version so `latest()` falls back to the previous one."""
@@ -212,9 +202,7 @@ class CheckpointStore:
             write_synced(temporary / BLOB_NAME, blob)
             write_synced(temporary / MANIFEST_NAME, manifest.to_json().encode())
             if trainer_state is not None:
-                tensors, meta = trainer_state
-                write_synced(temporary / TRAINER_STATE_NAME, safetensors_save(tensors))
-                write_synced(temporary / TRAINER_META_NAME, json.dumps(meta).encode())
+                save_training_state(temporary, *trainer_state)
             write_synced(temporary / PUBLICATION_NAME, record.to_json().encode())
             fsync_path(temporary)
             os.replace(temporary, final)

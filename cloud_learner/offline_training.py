@@ -2,7 +2,7 @@
 
 This is the offline arm of `sop bench fleet`'s online-vs-offline comparison (SOP: hours of online data
 beat many more hours of extra offline data). It runs the very trainer `sop learner serve` runs — same
-algorithm, sampler, SOP mixing, optimiser and publication schedule — in this process, with no gRPC server
+algorithm, window sampling, SOP mixing, optimiser and publication schedule — in this process, with no gRPC server
 and no robots, so every sample is an offline demonstration from `replay.offline_stores`. Checkpoints land
 in `run_dir/checkpoints` exactly as the service would publish them, and a second call with the same
 `run_dir` continues from the newest one.

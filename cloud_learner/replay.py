@@ -4,7 +4,7 @@ One `EpisodeStore` (`run_dir/replay`) holds both kinds; each episode's `source` 
 demonstration stores named in `replay.offline_stores` are imported into it once (idempotently, by episode
 id), so a restart or a second learner on the same run_dir never duplicates them.
 
-Sampling (what SOP does, PAPERS.md):
+Sampling (SOP's mixing rule, from the SOP paper, Scalable Online Post-training, arXiv 2601.03044):
 
 - Tasks are weighted equally, whatever their episode counts.
 - Within task m, the online share is w_on = exp(a L_on) / (exp(a L_on) + exp(L_off)), with L the mean
@@ -12,7 +12,7 @@ Sampling (what SOP does, PAPERS.md):
   `replay.mixing_alpha` (> 1 favours online data when both losses are equal), clipped to
   [`min_online_share`, `max_online_share`]. Before both losses are measured the share is
   `initial_online_share`. A task with no trainable online frames yet samples offline only.
-- Which online frames are trainable is the algorithm's call (`SamplerSettings`): HG-DAgger keeps only the
+- Which online frames are trainable is the algorithm's call (`FrameSelection`): HG-DAgger keeps only the
   frames under intervention (the operator's labels) and drops autonomous ones (weight 0).
 
 One episode never stops training: an episode the trained policy cannot use (its `PolicyFeatures`: a state
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from cloud_learner.algorithms.base import SamplerSettings
+from cloud_learner.algorithms.base import FrameSelection
 from cloud_learner.config import LearnerConfig, ReplayConfig
 from sop.data.episode_store import EpisodeInfo, EpisodeStore
 from sop.data.window_sampler import NoSampleableFramesError, WindowSampler
@@ -143,13 +143,13 @@ class LossMixer:
 
 
 class Replay:
-    """The trainer's view of the replay store: a window sampler plus SOP's adaptive online/offline mix."""
+    """The trainer's view of the replay store: its training windows (`windows`) plus SOP's adaptive online/offline mix."""
 
     def __init__(
         self,
         store: EpisodeStore,
         config: ReplayConfig,
-        settings: SamplerSettings,
+        frame_selection: FrameSelection,
         observation_horizon: int,
         action_horizon: int,
         cameras: Sequence[str] = (),
@@ -158,12 +158,12 @@ class Replay:
         self.config = config
         self.store = store
         self.features = features
-        self.sampler = WindowSampler(
+        self.windows = WindowSampler(
             store,
             observation_horizon,
             action_horizon,
             tasks=config.tasks or None,
-            autonomous_frame_weight=settings.autonomous_frame_weight,
+            autonomous_frame_weight=frame_selection.autonomous_frame_weight,
             image_keys=list(cameras),
             episode_check=self._check_features if features is not None else None,
             on_unusable="quarantine",
@@ -179,21 +179,21 @@ class Replay:
     @property
     def num_quarantined(self) -> int:
         """Episodes this replay moved to quarantine/ as unusable for training (since it was built)."""
-        return self.sampler.num_quarantined
+        return self.windows.num_quarantined
 
     def refresh(self) -> int:
         """Index episodes committed since the last call (called by the trainer between steps)."""
-        added = self.sampler.refresh()
+        added = self.windows.refresh()
         if added:
             self._apply_shares()
         return added
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, Any] | None:
         """A batch of windows, or None while the store holds nothing trainable."""
-        if self.sampler.num_frames() == 0:
+        if self.windows.num_frames() == 0:
             return None
         try:
-            return self.sampler.sample(batch_size, rng)
+            return self.windows.sample(batch_size, rng)
         except NoSampleableFramesError:  # the last trainable episode was just dropped as unreadable
             return None
 
@@ -203,11 +203,11 @@ class Replay:
         self._apply_shares()
 
     def _apply_shares(self) -> None:
-        for task in self.sampler.tasks:
+        for task in self.windows.tasks:
             share = self.mixer.share(task).online_share
-            self.sampler.set_source_weights(
+            self.windows.set_source_weights(
                 task, {Source.ONLINE.value: share, Source.OFFLINE.value: 1.0 - share}
             )
 
     def mix_states(self) -> list[MixState]:
-        return [self.mixer.share(task) for task in self.sampler.tasks]
+        return [self.mixer.share(task) for task in self.windows.tasks]

@@ -1,7 +1,7 @@
 """The asynchronous trainer: samples the replay, updates the policy, publishes a checkpoint every K steps.
 
 It runs in its own thread and never waits for robots: new episodes only set a flag that the next step
-picks up (`refresh()` of the sampler), and ingest never waits for the trainer. Its only shared state with
+picks up (`Replay.refresh()`), and ingest never waits for the trainer. Its only shared state with
 the gRPC side is the checkpoint store (written here, read by the publisher) and the replay store (written
 by the ingest writer, read here), both safe for that.
 
@@ -81,7 +81,7 @@ def staleness(batch: Mapping[str, Any], current_version: int) -> tuple[float, fl
 
 
 class Trainer:
-    """Owns the policy being trained, the algorithm, the replay sampler and the publication schedule."""
+    """Owns the policy being trained, the algorithm, the replay and the publication schedule."""
 
     def __init__(
         self, config: LearnerConfig, store: EpisodeStore, checkpoints: CheckpointStore, publisher: Publisher
@@ -134,7 +134,7 @@ class Trainer:
         self.replay = Replay(
             self.store,
             self.config.replay,
-            self.algorithm.sampler_settings(),
+            self.algorithm.frame_selection(),
             observation_horizon=self.policy.config.observation_horizon,
             action_horizon=self.policy.config.prediction_horizon,
             cameras=self.policy.config.cameras,
@@ -232,7 +232,7 @@ class Trainer:
         if new <= 0:
             return
         self._quarantined_reported = total
-        named = self.replay.sampler.recently_quarantined[-min(new, MAX_QUARANTINED_PER_LOG_LINE) :]
+        named = self.replay.windows.recently_quarantined[-min(new, MAX_QUARANTINED_PER_LOG_LINE) :]
         self._append_train_log(
             {
                 "step": self.step,

@@ -32,7 +32,7 @@ from robot_client.kinds import ROBOT_KINDS
 
 @dataclass
 class Observation:
-    """What the robot sees at one step."""
+    """What the robot sees at one step (its policy-input and episode-key spellings: `sop.policies.base`)."""
 
     state: np.ndarray  # float32 (state_dim,)
     instruction: str

@@ -18,7 +18,7 @@ the robot is past the part where it went wrong. It also hands back after `max_co
 happened (a person gives the policy another chance rather than drive forever). After a hand-back
 the rules need a fresh window of observations before they can fire again.
 
-    op = SimulatedOperator("push-v3", OperatorConfig(reaction_delay=3), seed=0)
+    op = SimulatedOperator("push-v3", SimulatedOperatorConfig(reaction_delay=3), seed=0)
     op.reset(obs)
     decision = op.step(obs, policy_action, info)   # info: from the step that produced obs
     action = decision.action if decision.action is not None else policy_action
@@ -88,8 +88,12 @@ class OperatorDecision:
 
 
 @dataclass(frozen=True)
-class OperatorConfig:
-    """How the simulated operator judges the policy and how it behaves when it drives."""
+class SimulatedOperatorConfig:
+    """How the simulated operator judges the policy and how it behaves when it drives.
+
+    Not the robot's `robot_client.config.OperatorConfig` (which operator kind may take over, the YAML
+    `operator:` section); the daemon's `simulated` kind builds this one with its defaults.
+    """
 
     stall_window: int = field(default=20, metadata={"help": "steps over which progress is judged"})
     min_progress: float = field(
@@ -149,9 +153,11 @@ def progress_distance(state: npt.ArrayLike, measure: ProgressMeasure) -> float:
 class SimulatedOperator:
     """Watches a policy on one task; takes over, drives with the noisy scripted expert, hands back."""
 
-    def __init__(self, task: str, config: OperatorConfig | None = None, seed: int | None = None) -> None:
+    def __init__(
+        self, task: str, config: SimulatedOperatorConfig | None = None, seed: int | None = None
+    ) -> None:
         self.task_spec = get_task(task)
-        self.config = config if config is not None else OperatorConfig()
+        self.config = config if config is not None else SimulatedOperatorConfig()
         self._expert = ScriptedExpert(self.task_spec.name)
         self._rng = np.random.default_rng(seed)
         self._history: deque[float] = deque(maxlen=self.config.stall_window + 1)

@@ -22,8 +22,7 @@ from robot_client.config import ControlConfig, OperatorConfig, RobotPluginConfig
 from robot_client.operators import OperatorDecision, OperatorInput
 from robot_client.robots import Observation, Robot, StepResult
 from sim.metaworld_env import ACTION_DIM, STATE_DIM, EnvConfig, make_env
-from sim.operator import OperatorConfig as SimOperatorConfig
-from sim.operator import SimulatedOperator
+from sim.operator import SimulatedOperator, SimulatedOperatorConfig
 
 
 class MetaWorldRobot(Robot):
@@ -86,7 +85,7 @@ class SimulatedOperatorInput(OperatorInput):
     delay, noise) as the daemon's local operator input."""
 
     def __init__(self, task: str, seed: int = 0) -> None:
-        self.operator = SimulatedOperator(task, SimOperatorConfig(), seed=seed)
+        self.operator = SimulatedOperator(task, SimulatedOperatorConfig(), seed=seed)
 
     @staticmethod
     def _raw(observation: Observation) -> dict[str, Any]:

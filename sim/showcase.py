@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sim.metaworld_env import ACTION_DIM, EnvConfig, MetaWorldEnv
-from sim.operator import HandBack, OperatorConfig, SimulatedOperator, TakeOver
+from sim.operator import HandBack, SimulatedOperator, SimulatedOperatorConfig, TakeOver
 from sim.scripted_experts import ScriptedExpert
 from sim.tasks import expand_task_list_flag, parse_task_list
 from sop.config import parse_config
@@ -53,7 +53,7 @@ class ShowcaseConfig:
         default=0.5, metadata={"help": "std of the per-episode action offset of biased_expert"}
     )
     env: EnvConfig = field(default_factory=lambda: EnvConfig(max_episode_steps=150))
-    operator: OperatorConfig = field(default_factory=OperatorConfig)
+    operator: SimulatedOperatorConfig = field(default_factory=SimulatedOperatorConfig)
 
     def __post_init__(self) -> None:
         parse_task_list(self.tasks)

@@ -20,6 +20,7 @@ import numpy as np
 from sop.safe_logging import client_str
 
 # Per-step keys every episode carries. Images are optional and named `observation.images.<camera>`.
+# How these storage names map to the robot's `Observation` and the policy's input dict: `sop.policies.base`.
 STATE: Final = "observation.state"
 IMAGE_PREFIX: Final = "observation.images."
 ACTION: Final = "action"

@@ -97,6 +97,6 @@ def test_package_imports_only_what_the_design_allows(package: str) -> None:
     assert (REPO / package / "__init__.py").is_file(), f"{package}/ is not a package any more"
     violations = _violations(package)
     assert not violations, (
-        f"{package} must not import {' or '.join(FORBIDDEN[package])} (DESIGN: plug-ins, not imports):\n"
+        f"{package} must not import {' or '.join(FORBIDDEN[package])} (kinds are plug-ins found by name, not imports):\n"
         + "\n".join(violations)
     )

@@ -9,7 +9,7 @@ A new method (RECAP, World4RL) adds `algorithms/<name>.py` with a config registe
 
 from __future__ import annotations
 
-from cloud_learner.algorithms.base import Algorithm, AlgorithmConfig, SamplerSettings, UpdateResult
+from cloud_learner.algorithms.base import Algorithm, AlgorithmConfig, FrameSelection, UpdateResult
 from cloud_learner.algorithms.hg_dagger import HGDagger, HGDaggerConfig
 
-__all__ = ["Algorithm", "AlgorithmConfig", "HGDagger", "HGDaggerConfig", "SamplerSettings", "UpdateResult"]
+__all__ = ["Algorithm", "AlgorithmConfig", "FrameSelection", "HGDagger", "HGDaggerConfig", "UpdateResult"]

@@ -6,7 +6,7 @@ logging), so adding a method never touches the service, the replay or the publis
 
 The interface is deliberately small:
 
-- `sampler_settings()`: how the replay should draw windows for this algorithm (HG-DAgger keeps only frames
+- `frame_selection()`: which online frames the replay may train on (HG-DAgger keeps only frames
   under intervention from online episodes; RECAP keeps every frame and labels it by advantage).
 - `make_policy_condition(batch)`: extra conditioning the policy gets for a batch (RECAP's "advantage
   positive" indicator; None for plain behaviour cloning).
@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class SamplerSettings:
-    """How the replay draws training windows for an algorithm.
+class FrameSelection:
+    """Which online frames an algorithm trains on (not how often: that is SOP's mixing in `cloud_learner.replay`).
 
     `autonomous_frame_weight` is the sampling weight of a window whose anchor frame in an online episode was
     produced by the policy rather than the operator, relative to a frame under intervention (1.0). HG-DAgger
@@ -75,8 +75,8 @@ class Algorithm(abc.ABC):
     config: AlgorithmConfig
 
     @abc.abstractmethod
-    def sampler_settings(self) -> SamplerSettings:
-        """How the replay should draw windows for this algorithm."""
+    def frame_selection(self) -> FrameSelection:
+        """Which online frames the replay may draw windows from for this algorithm."""
 
     @abc.abstractmethod
     def make_policy_condition(self, batch: dict[str, Any]) -> dict[str, Tensor] | None:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cloud_learner.algorithms.base import Algorithm, AlgorithmConfig, SamplerSettings, UpdateResult
+from cloud_learner.algorithms.base import Algorithm, AlgorithmConfig, FrameSelection, UpdateResult
 from sop.episode import INTERVENTION, Source
 from sop.training.trainer import BCTrainer, OptimizerConfig, TrainablePolicy
 
@@ -72,8 +72,8 @@ class HGDagger(Algorithm):
         optimizer = dataclasses.replace(config.optimizer, mask_padding=True)
         self.bc = BCTrainer(self.policy, optimizer, total_steps=UNBOUNDED_STEPS)
 
-    def sampler_settings(self) -> SamplerSettings:
-        return SamplerSettings(autonomous_frame_weight=self.config.autonomous_frame_weight)
+    def frame_selection(self) -> FrameSelection:
+        return FrameSelection(autonomous_frame_weight=self.config.autonomous_frame_weight)
 
     def make_policy_condition(self, batch: dict[str, Any]) -> dict[str, Tensor] | None:
         return None  # plain behaviour cloning: the policy takes no extra condition

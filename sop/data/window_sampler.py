@@ -7,6 +7,12 @@ probability proportional to its frame weight. Frame weights express what counts 
 where the operator was NOT in control get `autonomous_frame_weight` (0 excludes them, as HG-DAgger does),
 everything else 1; `frame_weight_fn` replaces that rule entirely.
 
+Naming: "sampler" here means drawing (task, source, frame) windows at random, which is what this class does
+(it has no `__len__`/`__getitem__`, so it is not a Dataset and keeps the name `WindowSampler`). It is not the
+diffusion sampler (`sop.policies`, DDPM/DDIM/RTI denoising), and it does not decide the online/offline
+weights: SOP's mixing (`cloud_learner.replay`) sets them, and the algorithm's `FrameSelection` sets
+`autonomous_frame_weight`.
+
 Window convention (Diffusion Policy): for anchor frame t of an episode with T steps,
 observations are frames t-To+1 .. t (indices before 0 repeat frame 0) and actions are steps
 t-To+1 .. t-To+Tp; an action index before 0 repeats step 0 and one past T-1 repeats step T-1, and both are

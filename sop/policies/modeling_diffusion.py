@@ -98,7 +98,6 @@ class DiffusionPolicy(Policy):
             {STATE: NormalizationMode(config.state_normalization.value), ACTION: NormalizationMode.MIN_MAX},
         ).to(self.device)
         self.noise_scheduler = make_ddpm_scheduler(config)
-        self._instruction_cache: dict[str, Tensor] = {}
         if config.instruction_encoder is InstructionEncoderKind.SENTENCE:
             shared_sentence_encoder()  # fail now, with a clear message, rather than on the first action
         self.generator = torch.Generator(device="cpu")
@@ -127,7 +126,6 @@ class DiffusionPolicy(Policy):
         self.device = torch.device(device)
         self.network.to(self.device)
         self.normalizer.to(self.device)
-        self._instruction_cache.clear()
         return self
 
     # ---- spaces ------------------------------------------------------------------------------------------
@@ -157,12 +155,7 @@ class DiffusionPolicy(Policy):
                     )
                 indices.append(self.config.tasks.index(task))
             return torch.as_tensor(indices, dtype=torch.long, device=self.device)
-        missing = [text for text in dict.fromkeys(instructions) if text not in self._instruction_cache]
-        if missing:
-            vectors = shared_sentence_encoder().encode(missing)
-            for text, vector in zip(missing, vectors, strict=True):
-                self._instruction_cache[text] = torch.as_tensor(vector, device=self.device)
-        return torch.stack([self._instruction_cache[text] for text in instructions])
+        return shared_sentence_encoder().embed(instructions, self.device)
 
     def _condition(
         self, state: Tensor, images: dict[str, Tensor], tasks: Sequence[str], instructions: Sequence[str]

@@ -4,7 +4,7 @@
 
 The output directory is a checkpoint directory (the EMA weights: `checkpoint.safetensors` + `manifest.json`,
 loadable by `sop sim eval --checkpoint runs/bc`) plus the training state (`training_state.json` and its
-tensors). Every `save_every` steps both are rewritten; started again with the same `--out`, the run picks
+tensors, `sop.training.resume_state`). Every `save_every` steps both are rewritten; started again with the same `--out`, the run picks
 up from the last saved step with the same weights, optimizer moments, schedule, EMA and random streams,
 and the same normalization statistics and architecture (the stored ones win over the command line).
 """
@@ -30,7 +30,8 @@ from sop.normalization import NormalizationStats
 from sop.policies.configuration_diffusion import DiffusionPolicyConfig, InstructionEncoderKind
 from sop.policies.instruction_encoder import sentence_encoder_available
 from sop.policies.modeling_diffusion import DiffusionPolicy
-from sop.training.trainer import BCTrainer, OptimizerConfig, load_training_state_files, save_training_state
+from sop.training.resume_state import load_training_state, save_training_state
+from sop.training.trainer import BCTrainer, OptimizerConfig
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def train_bc(config: TrainBCConfig) -> TrainResult:
     device = resolve_device(config.device)
     out = Path(config.out)
     store = EpisodeStore(config.store, create=False)
-    saved = load_training_state_files(out)
+    saved = load_training_state(out)
 
     if saved is not None:
         _, meta = saved

@@ -5,24 +5,20 @@ steps the cosine learning-rate schedule and the EMA of the weights, and returns 
 learner feeds it its own mixed online/offline batches; the offline loop feeds it window-sampler batches.
 
 `training_state()` / `load_training_state()` turn everything a resumed run needs (weights, EMA, optimizer
-moments, schedule position, RNG states) into safetensors tensors plus JSON. No pickle.
+moments, schedule position, RNG states) into safetensors tensors plus JSON. No pickle. Where that state lives
+on disk, for `sop train bc` and the cloud learner alike: `sop.training.resume_state`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 import torch
 from diffusers.optimization import get_scheduler
-from safetensors.torch import load_file, save
 
-from sop.checkpoint import CheckpointError, weights_sha256
-from sop.durable_files import write_atomically, write_json_atomically
 from sop.policies.base import Policy
 
 
@@ -38,9 +34,6 @@ class TrainablePolicy(Protocol):
     def compute_loss(self, batch: Mapping[str, Any], mask_padding: bool = False) -> torch.Tensor: ...
 
     def with_weights(self, state_dict: Mapping[str, torch.Tensor], version: int | None = None) -> Policy: ...
-
-
-STATE_JSON: Final = "training_state.json"
 
 
 @dataclass(frozen=True)
@@ -218,40 +211,3 @@ class BCTrainer:
         self.lr_scheduler.load_state_dict(dict(meta["lr_scheduler"]))
         torch.set_rng_state(tensors["rng.torch"])
         self.step_count = int(meta["step"])
-
-
-def save_training_state(directory: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Crash-safe: the tensors go to a new step-named file, then the JSON naming that file (and its hash) is
-    renamed into place, which is the commit; older tensor files are removed only after that."""
-    directory.mkdir(parents=True, exist_ok=True)
-    tensor_name = f"training_state.{int(meta['step']):09d}.safetensors"
-    document = dict(meta, tensors_file=tensor_name, tensors_sha256=weights_sha256(tensors))
-    write_atomically(directory / tensor_name, save(tensors), durable=True, private=True)
-    write_json_atomically(
-        directory / STATE_JSON, document, durable=True, private=True, indent=1, sort_keys=True
-    )
-    for old in directory.glob("training_state.*.safetensors"):
-        if old.name != tensor_name:
-            old.unlink(missing_ok=True)
-
-
-def load_training_state_files(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-    """The saved training state, or None when there is none; CheckpointError when it is inconsistent."""
-    json_path = directory / STATE_JSON
-    if not json_path.is_file():
-        return None
-    try:
-        meta = json.loads(json_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{json_path}: not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("tensors_file"), str):
-        raise CheckpointError(f"{json_path}: field 'tensors_file' is missing")
-    tensor_path = directory / Path(meta["tensors_file"]).name
-    if not tensor_path.is_file():
-        raise CheckpointError(f"{tensor_path}: named by {json_path.name} but missing")
-    tensors = load_file(tensor_path)
-    if weights_sha256(tensors) != meta.get("tensors_sha256"):
-        raise CheckpointError(
-            f"{tensor_path}: its sha256 does not match {json_path.name}; the file was altered"
-        )
-    return tensors, meta

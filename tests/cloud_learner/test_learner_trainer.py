@@ -13,7 +13,7 @@ import pytest
 import torch
 from learner_fixtures import RunningLearner, auth, chunks_of, upload, write_base_checkpoint
 
-from cloud_learner.algorithms import HGDaggerConfig, SamplerSettings
+from cloud_learner.algorithms import FrameSelection, HGDaggerConfig
 from cloud_learner.config import ReplayConfig, TrainerConfig
 from cloud_learner.replay import LossMixer, Replay, online_share
 from cloud_learner.trainer import staleness
@@ -58,7 +58,7 @@ def test_hg_dagger_replay_samples_only_operator_frames_of_online_episodes(tmp_pa
     store = EpisodeStore(tmp_path / "replay", durable=False)
     store.append(make_episode(40, seed=1, source=Source.OFFLINE, cameras=()))
     store.append(make_episode(40, seed=2, cameras=(), intervention=intervention_pattern(40, 10, 20)))
-    replay = Replay(store, ReplayConfig(), SamplerSettings(autonomous_frame_weight=0.0), 2, 16)
+    replay = Replay(store, ReplayConfig(), FrameSelection(autonomous_frame_weight=0.0), 2, 16)
     batch = replay.sample(512, np.random.default_rng(0))
     assert batch is not None
     online = np.asarray(batch["source"]) == "online"
@@ -69,7 +69,7 @@ def test_hg_dagger_replay_samples_only_operator_frames_of_online_episodes(tmp_pa
 
 def test_replay_waits_for_trainable_data(tmp_path: Path) -> None:
     store = EpisodeStore(tmp_path / "replay", durable=False)
-    replay = Replay(store, ReplayConfig(), SamplerSettings(), 2, 16)
+    replay = Replay(store, ReplayConfig(), FrameSelection(), 2, 16)
     assert replay.sample(8, np.random.default_rng(0)) is None
     store.append(make_episode(20, seed=3, source=Source.OFFLINE, cameras=()))
     assert replay.refresh() == 1
@@ -85,7 +85,7 @@ def test_hg_dagger_masks_autonomous_steps_and_reports_exact_per_sample_losses(tm
     store = EpisodeStore(tmp_path / "replay", durable=False)
     for episode in episodes:
         store.append(episode)
-    replay = Replay(store, ReplayConfig(), SamplerSettings(), 2, 16)
+    replay = Replay(store, ReplayConfig(), FrameSelection(), 2, 16)
     batch = replay.sample(8, np.random.default_rng(1))
     assert batch is not None
     algorithm = HGDaggerConfig().build(policy)
@@ -240,9 +240,9 @@ def test_replay_quarantines_episodes_that_do_not_fit_the_policy_features(tmp_pat
     unknown_task = store.append(make_episode(20, seed=3, cameras=(), task="made-up-v1")).episode_id
     features = PolicyFeatures(state_dim=39, action_dim=4, tasks=("reach-v3",))
     replay = Replay(
-        store, ReplayConfig(), SamplerSettings(autonomous_frame_weight=1.0), 2, 16, features=features
+        store, ReplayConfig(), FrameSelection(autonomous_frame_weight=1.0), 2, 16, features=features
     )
-    assert replay.sampler.num_episodes == 1 and replay.num_quarantined == 2
+    assert replay.windows.num_episodes == 1 and replay.num_quarantined == 2
     assert {e.original_name for e in store.quarantined()} == {narrow, unknown_task}
     batch = replay.sample(16, np.random.default_rng(0))
     assert batch is not None and set(batch["episode_id"]) == {good}
@@ -251,7 +251,7 @@ def test_replay_quarantines_episodes_that_do_not_fit_the_policy_features(tmp_pat
 def test_replay_returns_nothing_when_its_last_episode_stops_reading(tmp_path: Path) -> None:
     store = EpisodeStore(tmp_path / "replay", durable=False)
     only = store.append(make_episode(20, seed=3, source=Source.OFFLINE)).episode_id
-    replay = Replay(store, ReplayConfig(), SamplerSettings(), 2, 16, cameras=("top",))
+    replay = Replay(store, ReplayConfig(), FrameSelection(), 2, 16, cameras=("top",))
     assert replay.sample(4, np.random.default_rng(0)) is not None
     for chunk in (tmp_path / "replay" / "episodes" / only / "observation.images.top").glob("c.*"):
         chunk.write_bytes(b"\x00garbage" * 8)  # a damaged disk, after the episode was indexed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from sop.policies.instruction_encoder import (
     SENTENCE_EMBEDDING_DIM,
@@ -30,6 +31,9 @@ def test_bundled_encoder_embeds_offline_and_caches(monkeypatch: pytest.MonkeyPat
     again = encoder.encode([texts[1], texts[0]])
     assert calls == []  # served from the cache
     np.testing.assert_array_equal(again, vectors[[1, 0]])
+    on_cpu = encoder.embed([texts[2], texts[0]], torch.device("cpu"))  # what a policy reads: the same cache
+    assert calls == []
+    np.testing.assert_array_equal(on_cpu.numpy(), vectors[[2, 0]])
     assert shared_sentence_encoder() is encoder
 
 

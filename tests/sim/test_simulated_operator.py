@@ -9,8 +9,8 @@ import sim
 from sim.operator import (
     HandBack,
     HandBackReason,
-    OperatorConfig,
     SimulatedOperator,
+    SimulatedOperatorConfig,
     TakeOver,
     TakeOverReason,
     progress_distance,
@@ -34,7 +34,7 @@ def reach_state(hand_to_goal: float) -> np.ndarray:
     return state
 
 
-def quiet_config(**overrides: object) -> OperatorConfig:
+def quiet_config(**overrides: object) -> SimulatedOperatorConfig:
     values: dict[str, object] = {
         "stall_window": 5,
         "min_progress": 0.01,
@@ -46,7 +46,7 @@ def quiet_config(**overrides: object) -> OperatorConfig:
         "max_control_steps": 10,
     }
     values.update(overrides)
-    return OperatorConfig(**values)  # type: ignore[arg-type]
+    return SimulatedOperatorConfig(**values)  # type: ignore[arg-type]
 
 
 def run(operator: SimulatedOperator, distances: list[float], success_at: int | None = None) -> list:
@@ -157,8 +157,8 @@ def test_rules_can_be_switched_off() -> None:
 
 def test_operator_noise_is_gaussian_seeded_and_clipped() -> None:
     state = reach_state(0.3)
-    first = SimulatedOperator("reach-v3", OperatorConfig(action_noise_std=0.2), seed=5)
-    second = SimulatedOperator("reach-v3", OperatorConfig(action_noise_std=0.2), seed=5)
+    first = SimulatedOperator("reach-v3", SimulatedOperatorConfig(action_noise_std=0.2), seed=5)
+    second = SimulatedOperator("reach-v3", SimulatedOperatorConfig(action_noise_std=0.2), seed=5)
     actions = np.stack([first.drive(state) for _ in range(200)])
     np.testing.assert_array_equal(actions, np.stack([second.drive(state) for _ in range(200)]))
     expert = first.expert_action(state)
@@ -181,7 +181,7 @@ def test_operator_noise_is_gaussian_seeded_and_clipped() -> None:
 )
 def test_bad_operator_config_names_the_field(overrides: dict[str, object], field_name: str) -> None:
     with pytest.raises(ValueError, match=field_name):
-        OperatorConfig(**overrides)  # type: ignore[arg-type]
+        SimulatedOperatorConfig(**overrides)  # type: ignore[arg-type]
 
 
 def test_bad_operator_input_is_a_clear_error() -> None:
@@ -199,7 +199,7 @@ def test_bad_operator_input_is_a_clear_error() -> None:
 
 def test_operator_rescues_a_frozen_policy_on_the_real_task() -> None:
     env = sim.make_env("reach-v3", sim.EnvConfig(max_episode_steps=150))
-    operator = SimulatedOperator("reach-v3", OperatorConfig(), seed=0)
+    operator = SimulatedOperator("reach-v3", SimulatedOperatorConfig(), seed=0)
     try:
         observation, info = env.reset(seed=0)
         operator.reset(observation)
@@ -214,14 +214,14 @@ def test_operator_rescues_a_frozen_policy_on_the_real_task() -> None:
     assert info["success"]
     first = operator.events[0]
     assert isinstance(first, TakeOver) and first.reason is TakeOverReason.STALLED
-    assert first.step == OperatorConfig().stall_window + OperatorConfig().reaction_delay
+    assert first.step == SimulatedOperatorConfig().stall_window + SimulatedOperatorConfig().reaction_delay
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", sim.MT10_TASKS)
 def test_operator_driving_all_the_time_solves_each_task_in_at_least_90_percent(task: str) -> None:
     env = sim.make_env(task, sim.EnvConfig(max_episode_steps=200))
-    operator = SimulatedOperator(task, OperatorConfig(), seed=0)
+    operator = SimulatedOperator(task, SimulatedOperatorConfig(), seed=0)
     successes = 0
     try:
         for seed in range(20):
