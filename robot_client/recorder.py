@@ -29,7 +29,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +198,7 @@ class _Begin:
 class _Finish:
     outcome: Outcome | None  # None: abort (throw the recording away)
     ended_at: float
+    written: threading.Event = field(default_factory=threading.Event)  # set once the writer handled it
 
 
 _STOP = object()
@@ -265,8 +266,16 @@ class EpisodeRecorder:
                 )
 
     def finish(self, outcome: Outcome | None, ended_at: float) -> None:
-        """Commit the episode with `outcome`, or throw it away with None."""
-        self._queue.put(_Finish(outcome, ended_at))
+        """Commit the episode with `outcome`, or throw it away with None. A free-running robot
+        (`wait_when_full`) also waits until the spool holds it: with no deadline to keep, an episode the
+        control loop calls finished is then one a kill -9 cannot take back (else up to a queue of episodes
+        could sit in memory when the simulator outruns the disk)."""
+        item = _Finish(outcome, ended_at)
+        self._queue.put(item)
+        if self.wait_when_full:
+            while not item.written.wait(0.5):
+                if self._thread is None or not self._thread.is_alive():
+                    return
 
     def drain(self, timeout_s: float = 10.0) -> bool:
         """Wait until everything queued has been written (tests, shutdown)."""
@@ -310,7 +319,10 @@ class EpisodeRecorder:
                 if isinstance(item, _Begin):
                     self._begin(item)
                 elif isinstance(item, _Finish):
-                    self._finish(item)
+                    try:
+                        self._finish(item)
+                    finally:
+                        item.written.set()
                 elif self._writer is not None:
                     self._add(item)
             except Exception:  # the writer must outlive any one bad write; each failure is counted and logged

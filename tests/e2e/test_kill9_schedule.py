@@ -1,12 +1,12 @@
 """kill -9 at random moments, learner and robots alike, then an accounting of every episode id.
 
 A real `sop learner serve` and three real `sop robot run` daemons (a fast fake robot, a tiny diffusion
-policy, free-running) on 127.0.0.1, over the fleet's mutual TLS with signed checkpoints. A seeded schedule SIGKILLs one of the four processes every few seconds
-and restarts it; then everything runs undisturbed for a while, stops with SIGTERM, and each robot drains
-its spool (`sop robot run --drain`). Every episode a robot finished (its episode log) must then be
-committed in the learner's replay, exactly once; nothing may sit in a robot's quarantine; and every
-committed episode the logs do not name must be one a killed robot recovered from its partial recording
-(outcome `aborted`).
+policy, free-running) on 127.0.0.1, over the fleet's mutual TLS with signed checkpoints. A seeded schedule
+SIGKILLs one of the four processes every few seconds and restarts it; then everything runs undisturbed for
+a while, stops with SIGTERM, and each robot drains its spool (`sop robot run --drain`). Every episode a
+robot finished (its episode log) must then be committed in the learner's replay, exactly once, and nothing
+may sit in a robot's quarantine. (A free-running robot's control loop calls an episode finished only once
+its spool holds it, so "finished" is a promise a kill -9 of the robot cannot break.)
 """
 
 from __future__ import annotations
@@ -133,8 +133,11 @@ def test_random_kill_9_of_learner_and_robots_loses_and_duplicates_nothing(tmp_pa
     # Exactly once: no recording committed under two ids (same robot and start time).
     starts = Counter((info.robot_id, info.started_at) for info in committed.values())
     assert not [k for k, n in starts.items() if n > 1], "one recording was committed twice"
+    # Committed episodes no log line names: partial recordings a killed robot recovered (`aborted`), or an
+    # episode whose robot was killed between its spool commit and its log line (at most one per kill).
     unlogged = [info for episode_id, info in committed.items() if episode_id not in set(logged)]
-    assert all(info.outcome == Outcome.ABORTED for info in unlogged), [i.outcome for i in unlogged]
+    finished_unlogged = [info for info in unlogged if info.outcome != Outcome.ABORTED]
+    assert len(finished_unlogged) <= KILLS, [i.outcome for i in finished_unlogged]
 
 
 def _error_lines(log_dir: Path, limit: int = 30) -> str:
