@@ -234,9 +234,16 @@ class ReplayConfig:
     max_online_share: float = 0.8
     # The online share before any online loss has been measured (and when adaptive_mixing is off).
     initial_online_share: float = 0.5
+    # Online frames of one task the trainer holds in memory (~0.2 KiB each for a 39-dim state; images stay on
+    # disk). Beyond it the oldest online episodes of the task leave the sampled index (they stay in the
+    # store), so a learner that receives data for weeks keeps a bounded memory. 1e6 frames is ~9 robot-hours
+    # at 30 Hz per task. null: unbounded (the index grows with the data).
+    max_online_frames_per_task: int | None = 1_000_000
 
     def __post_init__(self) -> None:
         _positive("replay", mixing_alpha=self.mixing_alpha, loss_window_steps=self.loss_window_steps)
+        if self.max_online_frames_per_task is not None:
+            _positive("replay", max_online_frames_per_task=self.max_online_frames_per_task)
         if not 0.0 <= self.min_online_share <= self.max_online_share <= 1.0:
             raise ValueError(
                 "replay.min_online_share and replay.max_online_share must satisfy 0 <= min <= max <= 1, "

@@ -12,6 +12,9 @@ Sampling (SOP's mixing rule, from the SOP paper, Scalable Online Post-training, 
   `replay.mixing_alpha` (> 1 favours online data when both losses are equal), clipped to
   [`min_online_share`, `max_online_share`]. Before both losses are measured the share is
   `initial_online_share`. A task with no trainable online frames yet samples offline only.
+- Memory stays bounded: at most `replay.max_online_frames_per_task` online frames of a task are held for
+  sampling; the oldest online episodes beyond it stay in the store but are no longer sampled (see
+  `sop.data.window_sampler`). Offline demonstrations are always sampled.
 - Which online frames are trainable is the algorithm's call (`FrameSelection`): HG-DAgger keeps only the
   frames under intervention (the operator's labels) and drops autonomous ones (weight 0).
 
@@ -167,6 +170,7 @@ class Replay:
             image_keys=list(cameras),
             episode_check=self._check_features if features is not None else None,
             on_unusable="quarantine",
+            max_online_frames_per_task=config.max_online_frames_per_task,
         )
         self.mixer = LossMixer(config)
         self._apply_shares()

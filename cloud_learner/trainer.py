@@ -16,8 +16,9 @@ Start and resume:
 Logged every `trainer.log_every_steps` to TensorBoard (`run_dir/tensorboard`), the terminal and
 `run_dir/train.jsonl`: loss (all, online, offline), each task's online share and losses, staleness (how
 many versions the policy that produced an online sample lags the newest one: mean and max), samples/s and
-replay size. Each publication adds a `train.jsonl` line with `published_version` (the fleet report reads
-`step`, `loss`, `time` and `published_version`).
+the replay's size (episodes in the store, frames held for sampling, online episodes evicted by the frame
+bound). Each publication adds a `train.jsonl` line with `published_version` (the fleet report reads `step`,
+`loss`, `time` and `published_version`).
 
 One episode never stops the trainer: the replay checks every episode against the features of the policy
 being trained (read from its checkpoint manifest) and moves one that does not fit, or does not read, to
@@ -295,6 +296,8 @@ class Trainer:
                 "throughput/samples_per_s": samples_per_s,
                 "replay/episodes": float(len(self.store)),
                 "replay/quarantined_episodes": float(self.quarantined_episodes),
+                "replay/held_frames": float(self.replay.windows.held_frames()),
+                "replay/evicted_episodes": float(self.replay.windows.num_evicted),
                 "policy/version": float(current),
             }
         )

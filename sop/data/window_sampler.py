@@ -26,15 +26,22 @@ Every episode is checked when it is indexed (its metadata, its low-dimensional c
 and the last frame of each sampled camera); an image chunk that fails to decode later, while sampling, drops
 that episode the same way.
 
-Memory: the sampler keeps a frame index (episode, frame, weight) and the low-dimensional columns of every
-indexed episode in memory (small), as flat arrays so a batch is gathered with one fancy index per key;
-images are read lazily from the store, one contiguous slice per window and camera.
+Memory: the sampler holds a frame index (episode, frame, weight) and the low-dimensional columns of the
+episodes it samples from (about 0.2 KiB per frame for a 39-dimensional state), as flat arrays so a batch is
+gathered with one fancy index per key; images are read lazily from the store, one contiguous slice per window
+and camera. An episode none of whose frames has a positive weight (an autonomous episode under HG-DAgger) is
+never held. `max_online_frames_per_task` bounds what a long-running learner holds: when the online episodes
+of a task hold more frames than that, the oldest of them leave the in-memory index (they stay in the store;
+they are not sampled any more) until 90 % of the bound is left, and the newest one always stays. Offline
+episodes are never evicted. So the index of a learner that receives data forever stays bounded; with the
+bound None it grows with the data.
 
 Public API:
 
     WindowSampler(store, obs_horizon, action_horizon, *, tasks=None, task_weights=None,
                   source_weights=None, autonomous_frame_weight=1.0, frame_weight_fn=None,
-                  frame_weight_mode="sample", image_keys=None, episode_check=None, on_unusable="raise")
+                  frame_weight_mode="sample", image_keys=None, episode_check=None, on_unusable="raise",
+                  max_online_frames_per_task=None)
         .sample(batch_size, rng) -> dict       keys listed in `WindowSampler.sample`
         .refresh() -> int                      index episodes committed since; returns how many
         .num_frames(task=None, source=None) -> int    frames with a positive weight
@@ -43,6 +50,8 @@ Public API:
         .tasks -> list[str]                    tasks with at least one sampleable frame
         .num_quarantined -> int                episodes moved to quarantine (on_unusable="quarantine")
         .recently_quarantined -> list[tuple[str, str]]   the last ones: (episode_id, reason)
+        .num_evicted -> int                    online episodes evicted from memory by the frame bound
+        .held_frames(task=None, source=None) -> int      frames held in memory (sampleable or not)
 """
 
 from __future__ import annotations
@@ -65,6 +74,9 @@ UnusableEpisodePolicy = Literal["raise", "quarantine"]
 EPISODE_READ_ERRORS: Final = (OSError, ValueError, KeyError, IndexError, RuntimeError)
 # Attempts of one `sample` call when image reads keep hitting episodes that turn out unusable.
 MAX_SAMPLE_ATTEMPTS: Final = 8
+# Eviction leaves this share of `max_online_frames_per_task` held, so the index is rebuilt once per ~10 % of
+# the bound received rather than once per episode.
+EVICTION_LOW_WATER: Final = 0.9
 LOWDIM_KEYS = (STATE, ACTION, INTERVENTION, POLICY_VERSION)
 SOURCES = (str(Source.ONLINE), str(Source.OFFLINE))
 
@@ -72,8 +84,8 @@ SOURCES = (str(Source.ONLINE), str(Source.OFFLINE))
 class _GrowingArray:
     """An append-only array with doubling capacity: indexing new episodes costs O(new), not O(total)."""
 
-    def __init__(self, dtype: np.dtype | type, tail_shape: tuple[int, ...] = ()) -> None:
-        self._data = np.empty((16, *tail_shape), dtype)
+    def __init__(self, dtype: np.dtype | type, tail_shape: tuple[int, ...] = (), capacity: int = 16) -> None:
+        self._data = np.empty((max(16, capacity), *tail_shape), dtype)
         self._size = 0
 
     def append(self, block: np.ndarray) -> None:
@@ -96,11 +108,12 @@ class _GrowingArray:
 class _Group:
     """The sampleable frames of one (task, source): flat rows, episodes and cumulative frame weights."""
 
-    def __init__(self) -> None:
-        self.rows = _GrowingArray(np.int64)  # row of the anchor frame in the flat low-dim arrays
-        self.episodes = _GrowingArray(np.int64)  # index into WindowSampler._episodes
-        self.weights = _GrowingArray(np.float32)
-        self.cumulative = _GrowingArray(np.float64)
+    def __init__(self, capacity: int = 16) -> None:
+        # The anchor frame's row in the flat low-dimensional arrays.
+        self.rows = _GrowingArray(np.int64, capacity=capacity)
+        self.episodes = _GrowingArray(np.int64, capacity=capacity)  # index into WindowSampler._episodes
+        self.weights = _GrowingArray(np.float32, capacity=capacity)
+        self.cumulative = _GrowingArray(np.float64, capacity=capacity)
 
     def append(self, rows: np.ndarray, episode: int, weights: np.ndarray) -> None:
         self.rows.append(rows)
@@ -115,16 +128,27 @@ class _Group:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def without_episode(self, episode: int) -> _Group:
-        """A copy with the frames of one episode removed (rare: only when an episode is dropped)."""
-        keep = self.episodes.view != episode
-        group = _Group()
-        group.rows.append(self.rows.view[keep])
-        group.episodes.append(self.episodes.view[keep])
-        weights = self.weights.view[keep]
+    def held_episodes(self) -> np.ndarray:
+        """Indices of the episodes with frames in this group, oldest first."""
+        return np.unique(self.episodes.view)
+
+    def kept(self, keep: np.ndarray, new_row: np.ndarray, new_episode: np.ndarray) -> _Group:
+        """A copy holding only the frames of episodes with `keep[episode]`, renumbered by `new_row` (old flat
+        row -> new) and `new_episode` (old episode index -> new)."""
+        mask = keep[self.episodes.view]
+        group = _Group(capacity=len(self))
+        weights = self.weights.view[mask]
+        group.rows.append(new_row[self.rows.view[mask]])
+        group.episodes.append(new_episode[self.episodes.view[mask]])
         group.weights.append(weights)
         group.cumulative.append(np.cumsum(weights, dtype=np.float64))
         return group
+
+
+def _compacted(values: np.ndarray, capacity: int) -> _GrowingArray:
+    array = _GrowingArray(values.dtype, values.shape[1:], capacity=capacity)
+    array.append(values)
+    return array
 
 
 class NoSampleableFramesError(ValueError):
@@ -132,11 +156,12 @@ class NoSampleableFramesError(ValueError):
 
 
 class _UnreadableWindow(Exception):
-    """An image read failed while sampling; names the episode (index into `WindowSampler._episodes`)."""
+    """An image read failed while sampling; names the episode (its id: indices change when the index is
+    compacted)."""
 
-    def __init__(self, episode: int, error: BaseException) -> None:
+    def __init__(self, episode_id: str, error: BaseException) -> None:
         super().__init__(str(error))
-        self.episode = episode
+        self.episode_id = episode_id
         self.error = error
 
 
@@ -170,6 +195,7 @@ class WindowSampler:
         image_keys: Sequence[str] | None = None,
         episode_check: EpisodeCheck | None = None,
         on_unusable: UnusableEpisodePolicy = "raise",
+        max_online_frames_per_task: int | None = None,
     ) -> None:
         if obs_horizon < 1:
             raise ValueError(f"obs_horizon: {obs_horizon} must be at least 1")
@@ -181,6 +207,8 @@ class WindowSampler:
             raise ValueError(f"frame_weight_mode: {frame_weight_mode!r} is not 'sample' or 'loss'")
         if on_unusable not in ("raise", "quarantine"):
             raise ValueError(f"on_unusable: {on_unusable!r} is not 'raise' or 'quarantine'")
+        if max_online_frames_per_task is not None and max_online_frames_per_task < 1:
+            raise ValueError(f"max_online_frames_per_task: {max_online_frames_per_task} must be at least 1")
         self.store = store
         self.obs_horizon = obs_horizon
         self.action_horizon = action_horizon
@@ -191,15 +219,18 @@ class WindowSampler:
         self.image_keys = [k if k.startswith(IMAGE_PREFIX) else IMAGE_PREFIX + k for k in (image_keys or [])]
         self.episode_check = episode_check
         self.on_unusable = on_unusable
+        self.max_online_frames_per_task = max_online_frames_per_task
         self.num_quarantined = 0
+        self.num_evicted = 0
         self._recently_quarantined: deque[tuple[str, str]] = deque(maxlen=100)
         self._task_weights = _check_weights("task_weights", task_weights or {})
         self._default_source_weights = self._check_source_weights(source_weights)
         self._source_weights: dict[str, dict[str, float]] = {}
         self._lock = threading.Lock()
-        self._episodes: list[EpisodeInfo] = []
-        self._episode_ids: set[str] = set()
-        self._offsets: list[int] = []  # first flat row of each episode
+        self._episodes: list[EpisodeInfo] = []  # the held episodes, in the order they were indexed
+        self._position: dict[str, int] = {}  # episode id -> index into _episodes
+        self._episode_ids: set[str] = set()  # every episode seen: held, evicted, never held or refused
+        self._offsets: list[int] = []  # first flat row of each held episode
         self._flat: dict[str, _GrowingArray] = {}  # low-dim columns of all episodes, end to end
         self._groups: dict[tuple[str, str], _Group] = {}
         self._num_rows = 0
@@ -257,22 +288,83 @@ class WindowSampler:
                 )
 
     def _index(self, info: EpisodeInfo, columns: Mapping[str, np.ndarray], weights: np.ndarray) -> None:
-        """Append one episode's columns and frames (under the lock)."""
+        """Append one episode's columns and frames (under the lock); one without a sampleable frame is only
+        remembered as seen."""
         self._check_compatible(info)
+        self._episode_ids.add(info.episode_id)
+        frames = np.flatnonzero(weights > 0)
+        if len(frames) == 0:
+            return
         if not self._flat:
             self._flat = {
                 key: _GrowingArray(columns[key].dtype, columns[key].shape[1:]) for key in LOWDIM_KEYS
             }
         episode_index = len(self._episodes)
         self._episodes.append(info)
-        self._episode_ids.add(info.episode_id)
+        self._position[info.episode_id] = episode_index
         self._offsets.append(self._num_rows)
         for key in LOWDIM_KEYS:
             self._flat[key].append(columns[key])
-        frames = np.flatnonzero(weights > 0)
         group = self._groups.setdefault((info.task, str(info.source)), _Group())
         group.append(self._num_rows + frames, episode_index, weights[frames])
         self._num_rows += info.num_steps
+
+    # -- the frame bound ---------------------------------------------------------------------------------
+
+    def _held_steps(self, episodes: np.ndarray) -> np.ndarray:
+        return np.array([self._episodes[e].num_steps for e in episodes], np.int64)
+
+    def held_frames(self, task: str | None = None, source: Source | str | None = None) -> int:
+        """Frames held in memory (every frame of each held episode, sampleable or not)."""
+        with self._lock:
+            return sum(
+                int(self._held_steps(group.held_episodes()).sum())
+                for (group_task, group_source), group in self._groups.items()
+                if (task is None or group_task == task) and (source is None or group_source == str(source))
+            )
+
+    def _evict_over_bound(self) -> None:
+        """Under the lock: evict the oldest online episodes of every task over `max_online_frames_per_task`."""
+        bound = self.max_online_frames_per_task
+        if bound is None:
+            return
+        evicted: list[np.ndarray] = []
+        for (_, source), group in self._groups.items():
+            if source != Source.ONLINE.value:
+                continue
+            episodes = group.held_episodes()  # indices grow with indexing order: oldest first
+            steps = self._held_steps(episodes)
+            if steps.sum() <= bound:
+                continue
+            # Evict the shortest prefix that leaves at most the low-water mark; the newest always stays.
+            left_after = steps.sum() - np.cumsum(steps)
+            count = min(int(np.searchsorted(-left_after, -bound * EVICTION_LOW_WATER)) + 1, len(episodes) - 1)
+            evicted.append(episodes[:count])
+        if evicted:
+            self._compact(np.concatenate(evicted))
+
+    def _compact(self, evicted: np.ndarray) -> None:
+        """Under the lock: rebuild the index without the `evicted` episodes and without any episode no group
+        samples any more (dropped ones). Views handed out before stay valid (they keep the old buffers)."""
+        keep = np.zeros(len(self._episodes), bool)
+        for group in self._groups.values():
+            keep[group.held_episodes()] = True
+        keep[evicted] = False
+        steps = self._held_steps(np.arange(len(self._episodes)))
+        row_kept = np.repeat(keep, steps)
+        new_row = np.cumsum(row_kept) - 1
+        new_episode = np.cumsum(keep) - 1
+        # Reserve what was held before: the index grows back to about that before the next eviction, so
+        # the steady state reallocates the same sizes instead of doubling.
+        self._flat = {
+            key: _compacted(column.view[row_kept], capacity=len(column)) for key, column in self._flat.items()
+        }
+        self._groups = {key: group.kept(keep, new_row, new_episode) for key, group in self._groups.items()}
+        self._episodes = [info for info, kept in zip(self._episodes, keep, strict=True) if kept]
+        self._position = {info.episode_id: index for index, info in enumerate(self._episodes)}
+        self._offsets = np.concatenate([[0], np.cumsum(steps[keep])[:-1]]).astype(np.int64).tolist()
+        self._num_rows = int(row_kept.sum())
+        self.num_evicted += len(evicted)
 
     def refresh(self) -> int:
         """Index episodes committed to the store since the last call; returns how many were added.
@@ -308,6 +400,9 @@ class WindowSampler:
                     added += 1
             if refused is not None:
                 self._refuse(info, refused)
+        if added:
+            with self._lock:
+                self._evict_over_bound()
         return added
 
     def _load_checked(self, info: EpisodeInfo) -> dict[str, np.ndarray]:
@@ -354,14 +449,15 @@ class WindowSampler:
                 self.num_quarantined += 1
                 self._recently_quarantined.append((info.episode_id, reason))
 
-    def _drop(self, episode: int, error: BaseException) -> None:
-        """Remove an indexed episode whose images failed to read from sampling, then refuse it."""
+    def _drop(self, episode_id: str, error: BaseException) -> None:
+        """Remove a held episode whose images failed to read from sampling, then refuse it."""
         with self._lock:
-            info = self._episodes[episode]
-            key = (info.task, str(info.source))
-            group = self._groups.get(key)
-            if group is not None:
-                self._groups[key] = group.without_episode(episode)
+            position = self._position.get(episode_id)
+            if position is None:
+                return  # evicted or dropped meanwhile
+            info = self._episodes[position]
+            self._compact(np.array([position], np.int64))
+            self.num_evicted -= 1  # dropped, not evicted by the bound
         if isinstance(error, EpisodeNotFoundError):
             return  # deleted under us: nothing to quarantine
         self._refuse(info, error)
@@ -437,7 +533,7 @@ class WindowSampler:
             except _UnreadableWindow as unreadable:
                 if self.on_unusable == "raise" and not isinstance(unreadable.error, EpisodeNotFoundError):
                     raise unreadable.error from None
-                self._drop(unreadable.episode, unreadable.error)
+                self._drop(unreadable.episode_id, unreadable.error)
         try:
             return self._sample_once(batch_size, rng)
         except _UnreadableWindow as unreadable:
@@ -490,14 +586,13 @@ class WindowSampler:
             "outcome": [str(info.outcome) for info in infos],
         }
         for key in self.image_keys:
-            batch[key] = self._read_images(key, infos, episodes, obs_steps, lengths)
+            batch[key] = self._read_images(key, infos, obs_steps, lengths)
         return batch
 
     def _read_images(
         self,
         key: str,
         infos: list[EpisodeInfo],
-        episodes: np.ndarray,
         obs_steps: np.ndarray,
         lengths: np.ndarray,
     ) -> np.ndarray:
@@ -511,5 +606,5 @@ class WindowSampler:
                 window = self.store.read_steps(info.episode_id, key, first, last + 1)
                 images[b] = window[wanted - first]
             except EPISODE_READ_ERRORS as exc:  # EpisodeNotFoundError (a KeyError) included
-                raise _UnreadableWindow(int(episodes[b]), exc) from exc
+                raise _UnreadableWindow(info.episode_id, exc) from exc
         return images

@@ -67,6 +67,26 @@ def test_hg_dagger_replay_samples_only_operator_frames_of_online_episodes(tmp_pa
     assert set(batch["frame_index"][online]) <= set(range(10, 20))
 
 
+def test_replay_holds_at_most_its_bound_of_online_frames_per_task(tmp_path: Path) -> None:
+    store = EpisodeStore(tmp_path / "replay", durable=False)
+    store.append(make_episode(40, seed=1, source=Source.OFFLINE, cameras=()))
+    replay = Replay(
+        store,
+        ReplayConfig(max_online_frames_per_task=100),
+        FrameSelection(autonomous_frame_weight=1.0),
+        2,
+        16,
+    )
+    for seed in range(2, 12):
+        store.append(make_episode(40, seed=seed, cameras=()))
+        replay.refresh()
+    assert replay.windows.held_frames(source="online") <= 100
+    assert replay.windows.held_frames(source="offline") == 40
+    assert replay.windows.num_evicted == 8
+    with pytest.raises(ValueError, match=r"replay\.max_online_frames_per_task must be positive"):
+        ReplayConfig(max_online_frames_per_task=0)
+
+
 def test_replay_waits_for_trainable_data(tmp_path: Path) -> None:
     store = EpisodeStore(tmp_path / "replay", durable=False)
     replay = Replay(store, ReplayConfig(), FrameSelection(), 2, 16)

@@ -198,3 +198,58 @@ def test_by_default_an_unusable_episode_raises_and_nothing_is_moved(store: Episo
     with pytest.raises(RuntimeError, match="decompression"):
         WindowSampler(store, 2, 4, image_keys=["top"])
     assert store.quarantined() == [] and damaged in store
+
+
+def test_online_frames_held_per_task_are_bounded_oldest_evicted_first(store: EpisodeStore) -> None:
+    """A learner receiving data forever holds a bounded index: the oldest online episodes of a task leave it,
+    offline episodes and other tasks stay, and what is sampled still matches the store."""
+    store.append(make_episode(30, seed=100, task="reach-v3", cameras=(), source=Source.OFFLINE))
+    store.append(make_episode(10, seed=101, task="push-v3", cameras=()))
+    sampler = WindowSampler(store, 2, 4, max_online_frames_per_task=100)
+    for seed in range(4):
+        store.append(make_episode(20, seed=seed, task="reach-v3", cameras=()))
+    sampler.refresh()
+    assert sampler.held_frames("reach-v3", Source.ONLINE) == 80 and sampler.num_evicted == 0
+    for seed in range(4, 12):  # 240 online reach frames in all: evicted down to <= 90 (90 % of the bound)
+        store.append(make_episode(20, seed=seed, task="reach-v3", cameras=()))
+        sampler.refresh()
+        assert sampler.held_frames("reach-v3", Source.ONLINE) <= 100
+    assert sampler.held_frames("reach-v3", Source.OFFLINE) == 30
+    assert sampler.held_frames("push-v3") == 10
+    batch = sampler.sample(2000, np.random.default_rng(3))
+    reach_online = {
+        episode_id
+        for episode_id, task, source in zip(batch["episode_id"], batch["task"], batch["source"], strict=True)
+        if task == "reach-v3" and source == "online"
+    }
+    by_id = {info.episode_id: info for info in store.list()}
+    newest = sorted(info.started_at for info in store.list(task="reach-v3", source=Source.ONLINE))[-4:]
+    assert {by_id[e].started_at for e in reach_online} == set(newest)  # the four newest, 80 frames
+    assert sampler.num_evicted == 8
+    for b, episode_id in enumerate(batch["episode_id"]):  # windows still come from the right episodes
+        frames = store.read_columns(episode_id, [STATE])[STATE]
+        t = batch["frame_index"][b]
+        assert np.array_equal(batch[STATE][b], frames[np.clip([t - 1, t], 0, len(frames) - 1)])
+    store.append(make_episode(20, seed=0, task="reach-v3", cameras=(), episode_id=None, started_at=1.0))
+    assert sampler.refresh() == 1  # a late episode with an old start time: arrival order decides eviction
+    assert sampler.held_frames("reach-v3", Source.ONLINE) <= 100
+
+
+def test_the_newest_episode_stays_when_it_alone_exceeds_the_bound(store: EpisodeStore) -> None:
+    sampler = WindowSampler(store, 1, 1, max_online_frames_per_task=10)
+    store.append(make_episode(25, seed=1, cameras=()))
+    store.append(make_episode(30, seed=2, cameras=()))
+    sampler.refresh()
+    assert sampler.held_frames(source=Source.ONLINE) == 30 and sampler.num_evicted == 1
+    with pytest.raises(ValueError, match="max_online_frames_per_task"):
+        WindowSampler(store, 1, 1, max_online_frames_per_task=0)
+
+
+def test_episodes_without_a_sampleable_frame_are_not_held(store: EpisodeStore) -> None:
+    store.append(make_episode(40, seed=1, cameras=()))  # autonomous only: nothing for HG-DAgger
+    intervention = np.zeros(20, np.bool_)
+    intervention[5:8] = True
+    store.append(make_episode(20, seed=2, cameras=(), intervention=intervention))
+    sampler = WindowSampler(store, 2, 3, autonomous_frame_weight=0.0)
+    assert sampler.held_frames() == 20 and sampler.num_frames() == 3
+    assert sampler.refresh() == 0  # both were seen; neither is indexed again
