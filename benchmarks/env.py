@@ -23,7 +23,7 @@ from rich.console import Console
 from benchmarks.machine import describe_machine, load_average
 from benchmarks.reporting import command_line, interleaved_medians, markdown_table, write_report
 from sim.metaworld_env import EnvConfig, MetaWorldEnv
-from sim.tasks import MT10_TASKS, expand_task_list_flag, parse_task_list
+from sim.tasks import MT10_TASKS, parse_task_list
 from sop.config import parse_config
 
 
@@ -203,7 +203,7 @@ def markdown_report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = expand_task_list_flag(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else argv)
     config = parse_config(EnvBenchConfig, args)
     console = Console()
     timings = []

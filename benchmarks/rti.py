@@ -242,12 +242,7 @@ def run_benchmark(config: RTIBenchConfig) -> tuple[list[dict[str, Any]], dict[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sop.training.bc import expand_list_flags
-
-    args = expand_list_flags(
-        sys.argv[1:] if argv is None else argv,
-        ("--tasks", "--rti_steps", "--ddim_steps", "--rti_execution_horizons"),
-    )
+    args = list(sys.argv[1:] if argv is None else argv)
     config = parse_config(RTIBenchConfig, args)
     results, peer, elapsed = run_benchmark(config)
     markdown = _markdown(config, results, peer, elapsed)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Final
 
 from robot_client.kinds import OPERATOR_KINDS, ROBOT_KINDS
+from sop.policies.configuration_diffusion import SamplerConfig
 
 MIB: Final = 1 << 20
 GIB: Final = 1 << 30
@@ -156,7 +157,7 @@ class RobotPluginConfig:
     """Which robot the daemon drives."""
 
     # The robot kind, looked up by name (robot_client/kinds.py): metaworld, a simulated task (provided by
-    # sim/robot_plugins.py); lerobot, an arm through a lerobot `Robot`; factory, any
+    # fleet_harness/robot_plugins.py); lerobot, an arm through a lerobot `Robot`; factory, any
     # `robot_client.robots.Robot` built by `factory`; or a kind another installed package provides.
     type: str = "metaworld"
     # Task id (Meta-World name, e.g. "reach-v3"); for a real arm, the task it is set up for.
@@ -192,7 +193,7 @@ class OperatorConfig:
     """Who may take over: a local operator (simulated or a teleop device) and/or the remote console."""
 
     # The operator kind, looked up by name (robot_client/kinds.py): none | simulated (the scripted expert,
-    # provided by sim/robot_plugins.py) | lerobot_teleop (a lerobot Teleoperator) | factory | a kind
+    # provided by fleet_harness/robot_plugins.py) | lerobot_teleop (a lerobot Teleoperator) | factory | a kind
     # another installed package provides.
     type: str = "none"
     # Accept the console's take-over / hand-back / teleop actions / outcome labels over Operator.Session.
@@ -230,8 +231,10 @@ class PolicyConfig:
     # Where a new checkpoint is swapped in: at the next episode boundary (default), or at the next action
     # chunk boundary within an episode.
     swap_at: str = "episode"
-    # Sampler the policy runs (rti | ddpm | ddim); RTI warm-starts each chunk from the previous one.
-    sampler: str = "rti"
+    # How the policy draws each chunk: the policy's own sampler config (sop/policies/configuration_diffusion.py),
+    # e.g. `sampler: {kind: ddim, ddim_steps: 10}` or `{kind: rti, rti_timesteps: [2, 1, 0]}`. RTI (the
+    # default) warm-starts each chunk from the previous one.
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
     # torch intra-op threads of the policy (the control thread and the uploader share a small CPU).
     num_threads: int = 1
     device: str = "cpu"
@@ -247,7 +250,6 @@ class PolicyConfig:
 
     def __post_init__(self) -> None:
         _one_of("policy", "swap_at", self.swap_at, SWAP_POINTS)
-        _one_of("policy", "sampler", self.sampler, ("rti", "ddpm", "ddim"))
         _positive("policy", num_threads=self.num_threads, dry_run_timeout_s=self.dry_run_timeout_s)
         if self.base_checkpoint is not None and not Path(self.base_checkpoint).exists():
             raise ValueError(f"policy.base_checkpoint: {self.base_checkpoint} does not exist")
@@ -367,7 +369,7 @@ class RobotConfig:
     shutdown_grace_s: float = 5.0
     # > 0: do not run the robot; upload what the spool holds (recovered partial episodes included), waiting
     # at most this many seconds, then exit (status 0 when the spool is empty, 3 when it is not). For a
-    # robot going into maintenance or out of service: `sop robot run ... --drain 600`.
+    # robot going into maintenance or out of service: `sop robot run ... --drain_timeout_s 600`.
     drain_timeout_s: float = 0.0
 
     def __post_init__(self) -> None:

@@ -1,7 +1,7 @@
 """The robot daemon: one robot, its policy, its operators, its spool, its link to the learner.
 
-    sop robot run --config configs/robot.yaml --learner HOST:PORT --robot-id ID --token-file FILE
-    sop robot run ... --drain 600           # no robot: upload the spool, exit 0 when empty (3 if not)
+    sop robot run --config configs/robot.yaml --learner.address HOST:PORT --robot_id ID --learner.token_file FILE
+    sop robot run ... --drain_timeout_s 600       # no robot: upload the spool, exit 0 when empty (3 if not)
 
 Threads: the control loop (fixed rate, its own thread), the spool writer, the uploader, PolicySync (watch
 + fetch/verify/load), fleet membership (register + heartbeats), the operator session, and a metrics
@@ -19,7 +19,7 @@ Python API (what the fleet harness uses):
                                             # (within config.shutdown_grace_s, whatever the learner does)
     summaries = daemon.run(max_episodes=10) # start + wait + stop
 
-    process = spawn_daemon_process(["--config", "configs/robot.yaml", "--robot-id", "r1", ...])
+    process = spawn_daemon_process(["--config", "configs/robot.yaml", "--robot_id", "r1", ...])
 
 Shutdown is bounded. SIGTERM or SIGINT asks the control loop to end its episode as `aborted`; `stop()`
 then asks every thread to stop, closes the channel (which cancels every call in flight, a stuck upload or
@@ -78,30 +78,17 @@ log = logging.getLogger(__name__)
 
 # After a signal, the process exits at the latest this long after `shutdown_grace_s` (see the docstring).
 FORCED_EXIT_MARGIN_S = 5.0
-# `sop robot run --drain S`: the spool was not empty when the drain ended.
+# `sop robot run --drain_timeout_s S`: the spool was not empty when the drain ended.
 EXIT_NOT_DRAINED = 3
-
-# The short flags of `sop robot run`, spelled as the config keys they set.
-FLAG_ALIASES = {
-    "--learner": "--learner.address",
-    "--robot-id": "--robot_id",
-    "--token-file": "--learner.token_file",
-    "--tls-ca-file": "--learner.tls_ca_file",
-    "--max-episodes": "--control.max_episodes",
-    "--data-dir": "--data_dir",
-    "--drain": "--drain_timeout_s",
-}
 
 
 def make_policy_loader(config: PolicyConfig) -> PolicyLoader:
     """Checkpoint blob -> a ready `sop.policies` policy with the configured sampler (RTI by default)."""
 
     def load(blob: bytes, expected_sha256: str | None) -> Policy:
-        from sop.policies import SamplerConfig, SamplerKind, load_policy
+        from sop.policies import load_policy
 
-        return load_policy(
-            blob, SamplerConfig(kind=SamplerKind(config.sampler)), config.device, expected_sha256
-        )
+        return load_policy(blob, config.sampler, config.device, expected_sha256)
 
     return load
 
@@ -409,21 +396,8 @@ class RobotDaemon:
         return self.loop.summaries if self.loop is not None else []
 
 
-def translate_flags(argv: Sequence[str]) -> list[str]:
-    """`--learner X` -> `--learner.address X` etc.; `--flag=value` forms too."""
-    out = []
-    for arg in argv:
-        name, sep, value = arg.partition("=")
-        if name in FLAG_ALIASES:
-            out.append(FLAG_ALIASES[name] + (sep + value if sep else ""))
-        else:
-            out.append(arg)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = translate_flags(sys.argv[1:] if argv is None else argv)
-    config = parse_config(RobotConfig, args)
+    config = parse_config(RobotConfig, sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -4,10 +4,10 @@
 behind a kind; it asks a registry, which the providing package fills in one of two ways:
 
 - An installed package declares its kinds as Python entry points, the standard way for third-party
-  plug-ins (`sim` does this for `metaworld` and `simulated`, in this repository's pyproject.toml):
+  plug-ins (`fleet_harness` does this for `metaworld` and `simulated`, in this repository's pyproject.toml):
 
       [project.entry-points."sop.robot_kinds"]
-      metaworld = "sim.robot_plugins:make_metaworld_robot"
+      metaworld = "fleet_harness.robot_plugins:make_metaworld_robot"
 
   An entry point is imported only when its kind is used. So a daemon on a real arm never imports the
   simulator, and a kind whose dependencies are missing breaks only itself: using it stops with a line that
@@ -71,8 +71,9 @@ def _install_hint(missing_module: str, entry: metadata.EntryPoint) -> str:
     distribution = entry.dist
     if distribution is None:
         return f"pip install {top}"
-    if top == entry.module.partition(".")[0]:
-        return f"pip install {distribution.name}"  # the plug-in's own package is missing: reinstall it
+    own_packages = (distribution.read_text("top_level.txt") or "").split()
+    if top == entry.module.partition(".")[0] or top in own_packages:
+        return f"pip install {distribution.name}"  # a package of the plug-in's own distribution: reinstall it
     for requirement in distribution.requires or ():
         name = re.match(r"[A-Za-z0-9._-]+", requirement)
         if name is None or _normalized(name.group(0)) != _normalized(top):

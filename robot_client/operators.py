@@ -3,8 +3,9 @@
 Sources, one interface (`OperatorInput.step -> OperatorDecision`):
 
 - A local input of the kind `operator.type` names, looked up in `robot_client.kinds`: robot_client's own
-  are `none`, `lerobot_teleop` and `factory` (a `module:function`); other packages provide more (`sim`
-  provides `simulated`, its scripted expert acting like a person: `sim/robot_plugins.py`).
+  are `none`, `lerobot_teleop` and `factory` (a `module:function`); other packages provide more
+  (`fleet_harness` provides `simulated`, the simulator's scripted expert acting like a person:
+  `fleet_harness/robot_plugins.py`).
 - `LeRobotTeleopInput`: a lerobot `Teleoperator` (leader arm, gamepad, keyboard). Devices that report
   intervention events (`get_teleop_events`, e.g. the gamepad's intervention button) gate control
   themselves; a leader arm without events drives only while the console has taken over (or always, when

@@ -11,7 +11,8 @@ never imports a simulator or a driver it does not need). Two kinds are robot_cli
   state and action vectors are the robot's float features in lerobot's order.
 - `factory`: anything else, through a `module:function` that returns a `Robot`.
 
-Other packages provide more (`sim` provides `metaworld`, a simulated Meta-World task: `sim/robot_plugins.py`).
+Other packages provide more (`fleet_harness` provides `metaworld`, a simulated Meta-World task of `sim/`:
+`fleet_harness/robot_plugins.py`).
 """
 
 from __future__ import annotations

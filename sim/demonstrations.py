@@ -28,7 +28,7 @@ from rich.console import Console
 
 from sim.metaworld_env import EnvConfig, MetaWorldEnv
 from sim.scripted_experts import ScriptedExpert
-from sim.tasks import expand_task_list_flag, get_task, parse_task_list
+from sim.tasks import get_task, parse_task_list
 from sop.config import parse_config
 from sop.episode import (
     ACTION,
@@ -194,7 +194,7 @@ class DemosConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = expand_task_list_flag(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else argv)
     config = parse_config(DemosConfig, args, default_config="sim_demos.yaml")
     from sop.data.episode_store import EpisodeStore  # the store pulls in zarr; only this command needs it
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from sim.metaworld_env import EnvConfig, make_env
-from sim.tasks import expand_task_list_flag, parse_task_list
+from sim.tasks import parse_task_list
 from sop.config import ConfigError, parse_config
 from sop.policies import Policy, SamplerConfig, SamplerKind, load_policy
 
@@ -159,7 +159,7 @@ class EvalConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = expand_task_list_flag(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else argv)
     config = parse_config(EvalConfig, args)
     torch.set_num_threads(config.threads)
     policy = load_policy(config.checkpoint, config.sampler_config(), device=config.device)

@@ -23,7 +23,7 @@ from rich.table import Table
 from sim.metaworld_env import ACTION_DIM, EnvConfig, MetaWorldEnv
 from sim.operator import HandBack, SimulatedOperator, SimulatedOperatorConfig, TakeOver
 from sim.scripted_experts import ScriptedExpert
-from sim.tasks import expand_task_list_flag, parse_task_list
+from sim.tasks import parse_task_list
 from sop.config import parse_config
 
 
@@ -179,7 +179,7 @@ def results_table(results: list[TaskResult], config: ShowcaseConfig) -> Table:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = expand_task_list_flag(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else argv)
     config = parse_config(ShowcaseConfig, args, default_config="sim_showcase.yaml")
     started = time.perf_counter()
     results = run_showcase(config)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import enum
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -181,14 +180,3 @@ def parse_task_list(names: str | list[str] | tuple[str, ...]) -> list[str]:
     if not tasks:
         raise ValueError("tasks: the list is empty; name at least one task")
     return tasks
-
-
-def expand_task_list_flag(argv: Sequence[str]) -> list[str]:
-    """Let `--tasks a,b` mean `--tasks [a,b]` on a command line (draccus reads a list in brackets)."""
-    args = list(argv)
-    for i, arg in enumerate(args):
-        if arg == "--tasks" and i + 1 < len(args) and not args[i + 1].startswith("["):
-            args[i + 1] = f"[{args[i + 1]}]"
-        elif arg.startswith("--tasks=") and not arg.removeprefix("--tasks=").startswith("["):
-            args[i] = f"--tasks=[{arg.removeprefix('--tasks=')}]"
-    return args

@@ -66,7 +66,7 @@ COMMANDS: dict[str, Command] = {
     "fleet init": Command(
         "sop.fleet_trust", "create a fleet's CA, TLS certificates, tokens and checkpoint-signing key"
     ),
-    "demo": Command("sim.fleet_demo", "the fleet demo: online post-training end to end"),
+    "demo": Command("fleet_harness.demo", "the fleet demo: online post-training end to end"),
     "export lerobot": Command(
         "sop.data.lerobot_dataset", "export an episode store as a LeRobotDataset v3", "export_main"
     ),
@@ -78,10 +78,8 @@ COMMANDS: dict[str, Command] = {
     "bench rti": Command("benchmarks.rti", "RTI vs DDPM/DDIM success and latency"),
     "bench robot": Command("benchmarks.robot", "control-loop timing while uploading and swapping"),
     "bench learner": Command("benchmarks.learner", "ingest, broadcast and trainer throughput"),
-    "bench fleet": Command("sim.fleet_benchmark", "success vs per-robot steps for 1, 2, 4 robots"),
-    "bench soak": Command(
-        "sim.soak_benchmark", "a fleet under sustained load: learner memory, 0 lost, latency"
-    ),
+    "bench fleet": Command("benchmarks.fleet", "success vs per-robot steps for 1, 2, 4 robots"),
+    "bench soak": Command("benchmarks.soak", "a fleet under sustained load: learner memory, 0 lost, latency"),
 }
 
 

@@ -4,11 +4,25 @@ draccus (what lerobot uses) does the parsing; this module gives every command th
 turns draccus' and `__post_init__`'s errors into one `ConfigError` that names the offending key.
 
     cfg = parse_config(LearnerConfig, ["--config", "configs/learner.yaml", "--trainer.batch_size", "64"])
+
+One spelling for every flag of every command: `--config FILE` picks the YAML file, and any other flag is a
+config key exactly as the YAML spells it, dotted for a nested section, with underscores
+(`--robot_id r1`, `--learner.address host:port`, `--budget_s 5`). This is also the one place a flag is
+rewritten: a list-typed key takes a comma list (`--tasks a,b` is `--tasks [a,b]`), whichever config it is in.
+A key of a mapping-typed field (a free-form mapping such as the demo's `learner:` overrides) is dotted the
+same way: `--learner.trainer.batch_size 32` sets `batch_size` inside `learner: {trainer: ...}`. Nothing else
+translates flags; a dashed or shortened spelling (`--robot-id`, `--learner`) is an unknown flag, and the error
+says which key was probably meant.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
+import json
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,8 +64,8 @@ def _split_config_flag(argv: Sequence[str]) -> tuple[str | None, list[str]]:
 
 def resolve_config_path(path: str | Path) -> Path:
     """The config file a user named: the path as given if it exists; a config named by its file name
-    (`demo.yaml`, or `configs/demo.yaml` outside the repository) comes from the working directory's `configs/`
-    first, then from the configs shipped in the package.
+    (`demo.yaml`, `demo`, or `configs/demo.yaml` outside the repository) comes from the working directory's
+    `configs/` first, then from the configs shipped in the package.
 
     Any other path that does not exist is an error rather than a packaged stand-in: a mistyped
     `/etc/sop/robot.yaml` must not run a robot on the default config.
@@ -61,16 +75,181 @@ def resolve_config_path(path: str | Path) -> Path:
         return candidate
     named = len(candidate.parts) == 1 or (len(candidate.parts) == 2 and candidate.parts[0] == "configs")
     if named:
+        names = [candidate.name] if candidate.suffix else [candidate.name, candidate.name + ".yaml"]
         for folder in (Path("configs"), CONFIG_DIR):
-            found = folder / candidate.name
-            if found.is_file():
-                return found
+            for name in names:
+                found = folder / name
+                if found.is_file():
+                    return found
         shipped = ", ".join(sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))) or "none"
         raise ConfigError(
             f"config file {str(path)!r} does not exist (looked in ., ./configs and the configs shipped with "
             f"sop: {shipped}): give the path of an existing file or one of those names"
         )
     raise ConfigError(f"config file {str(path)!r} does not exist: give a path to an existing YAML file")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Keys:
+    """The keys a config class accepts on the command line."""
+
+    values: dict[str, Any]  # dotted key -> its annotation (a leaf: takes a value)
+    sections: frozenset[str]  # dotted keys of nested configs (`learner`, `trainer`)
+    open_sections: frozenset[str]  # choice-typed sections whose keys depend on the chosen `type`
+    mappings: frozenset[str]  # dotted keys of free-form mapping fields (`dict[str, Any]`): any key inside
+
+
+def _resolved_hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # a forward reference only a type checker can resolve: fall back to the raw fields
+        return {f.name: f.type for f in dataclasses.fields(cls)}
+
+
+def _config_keys(cls: type) -> _Keys:
+    values: dict[str, Any] = {}
+    sections: set[str] = set()
+    open_sections: set[str] = set()
+    mappings: set[str] = set()
+
+    def walk(owner: type, prefix: str) -> None:
+        hints = _resolved_hints(owner)
+        for item in dataclasses.fields(owner):
+            key = prefix + item.name
+            kind = hints.get(item.name, item.type)
+            if isinstance(kind, type) and issubclass(kind, draccus.ChoiceRegistry):
+                sections.add(key)
+                open_sections.add(key)
+                values[key + ".type"] = str
+                for choice in kind.get_known_choices().values():
+                    if isinstance(choice, type) and dataclasses.is_dataclass(choice):
+                        walk(choice, key + ".")
+            elif isinstance(kind, type) and dataclasses.is_dataclass(kind):
+                sections.add(key)
+                walk(kind, key + ".")
+            else:
+                values[key] = kind
+                if typing.get_origin(kind) in (dict, Mapping) or kind is dict:
+                    mappings.add(key)
+
+    walk(cls, "")
+    return _Keys(values, frozenset(sections), frozenset(open_sections), frozenset(mappings))
+
+
+def _is_list_type(kind: Any) -> bool:
+    """list[...], tuple[...], set[...] or a Sequence, also inside `X | None`."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_list_type(arg) for arg in typing.get_args(kind) if arg is not type(None))
+    return origin in (list, tuple, set, frozenset, Sequence) or kind in (list, tuple, set, frozenset)
+
+
+_NULLS = frozenset({"null", "None", "~"})
+
+
+def _as_list(value: str) -> str:
+    """`a,b` -> `[a,b]`; a value already in brackets, or null, stays as it is."""
+    stripped = value.strip()
+    if stripped.startswith("[") or stripped in _NULLS:
+        return value
+    return f"[{stripped}]"
+
+
+def _flag_name(arg: str) -> str | None:
+    """`--a.b` / `--a.b=value` -> `a.b`; anything else (a value, `-h`) -> None."""
+    if not arg.startswith("--") or len(arg) == 2:
+        return None
+    return arg[2:].partition("=")[0]
+
+
+def _expand_lists(args: Sequence[str], keys: _Keys) -> list[str]:
+    """The only rewrite of a flag: a comma list for a list-typed key."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        name = _flag_name(arg)
+        if name is None or not _is_list_type(keys.values.get(name)):
+            continue
+        if "=" in arg:
+            out[i] = f"--{name}={_as_list(arg.partition('=')[2])}"
+        elif i + 1 < len(out) and _flag_name(out[i + 1]) is None:
+            out[i + 1] = _as_list(out[i + 1])
+    return out
+
+
+def _mapping_of(name: str, keys: _Keys) -> str | None:
+    """The mapping field a dotted flag reaches into (`learner` for `learner.trainer.lr`), or None."""
+    return next((m for m in keys.mappings if name.startswith(m + ".")), None)
+
+
+def _fold_mapping_flags(args: Sequence[str], keys: _Keys) -> list[str]:
+    """`--learner.trainer.batch_size 32 --learner.algorithm.optimizer.lr 1e-3` -> one
+    `--learner '{"trainer": {"batch_size": 32}, ...}'`, which draccus merges into the file's mapping."""
+    out: list[str] = []
+    folded: dict[str, dict[str, Any]] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name = _flag_name(arg)
+        mapping = _mapping_of(name, keys) if name is not None else None
+        if mapping is None or name is None:
+            out.append(arg)
+            i += 1
+            continue
+        if "=" in arg:
+            text = arg.partition("=")[2]
+            i += 1
+        elif i + 1 < len(args):
+            text = args[i + 1]
+            i += 2
+        else:
+            raise ConfigError(f"--{name} needs a value")
+        node = folded.setdefault(mapping, {})
+        *parents, leaf = name.removeprefix(mapping + ".").split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--{name}: {part!r} is set to a value and cannot also hold keys")
+            node = child
+        try:
+            node[leaf] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            node[leaf] = text
+    for mapping, values in folded.items():
+        out.append(f"--{mapping}={json.dumps(values)}")
+    return out
+
+
+def _suggestion(name: str, keys: _Keys) -> str:
+    """The key a mistyped flag probably meant, as ` (did you mean --x?)`, or ``."""
+    candidates = sorted(keys.values)
+    underscored = name.replace("-", "_")
+    if underscored in keys.values:
+        return f"; did you mean --{underscored}?"
+    if name in keys.sections:
+        inside = [k for k in candidates if k.startswith(name + ".")]
+        return f": set one of its keys, e.g. --{inside[0]}" if inside else ""
+    leaves = {k: k.rpartition(".")[2] for k in candidates}
+    close = (
+        [k for k, leaf in leaves.items() if leaf == underscored]
+        or difflib.get_close_matches(underscored, candidates, n=1, cutoff=0.75)
+        or [k for k, leaf in leaves.items() if leaf.startswith(underscored + "_")]
+    )
+    return f"; did you mean --{close[0]}?" if close else ""
+
+
+def _misspelled_flag(args: Sequence[str], keys: _Keys) -> str | None:
+    """The first flag that is no key of the config (or names a whole section), with a hint; else None."""
+    for arg in args:
+        name = _flag_name(arg)
+        if name is None or name in keys.values or name in ("help", "config_path"):
+            continue
+        if any(name.startswith(s + ".") for s in keys.open_sections | keys.mappings):
+            continue  # a key of a choice-typed section: draccus knows which choice it belongs to
+        if name in keys.sections and "=" not in arg:
+            return f"--{name} is a section of the config, not a key{_suggestion(name, keys)}"
+        if name not in keys.sections:
+            return f"unknown flag --{name}{_suggestion(name, keys)}"
+    return None
 
 
 def _explain(exc: BaseException) -> str:
@@ -89,20 +268,25 @@ def parse_config[T](cls: type[T], argv: Sequence[str] = (), default_config: str 
 
     Raises `ConfigError` for an unknown key in the file or on the command line, a value of the wrong type, or
     a failed validation; the `sop` front door prints it as one line. `--help` still prints the options.
+    A list-typed key also takes a comma list (`--tasks a,b`); see the module docstring for the spelling.
     """
     path, rest = _split_config_flag(argv)
     chosen = path if path is not None else default_config
     config_path = str(resolve_config_path(chosen)) if chosen is not None else None
     sources = " + ".join([*([config_path] if config_path else []), *(["the command line"] if rest else [])])
     where = f" ({sources})" if sources else ""
+    keys = _config_keys(cls)
+    rest = _fold_mapping_flags(_expand_lists(rest, keys), keys)
     try:
         return draccus.parse(config_class=cls, config_path=config_path, args=rest, exit_on_error=False)
     except argparse.ArgumentError as exc:  # a flag without its value, or an unknown choice
-        raise ConfigError(str(exc)) from None
+        misspelled = _misspelled_flag(rest, keys)
+        raise ConfigError(f"bad config{where}: {misspelled}" if misspelled else str(exc)) from None
     except yaml.YAMLError as exc:  # a flag's value (`--tasks "[a,"`) is not YAML
         raise ConfigError(f"not valid YAML{where}: {' '.join(str(exc).split())}") from None
     except draccus.utils.DraccusException as exc:
-        raise ConfigError(f"bad config{where}: {_explain(exc)}") from None
+        misspelled = _misspelled_flag(rest, keys)
+        raise ConfigError(f"bad config{where}: {misspelled or _explain(exc)}") from None
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc)) from None
 

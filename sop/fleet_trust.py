@@ -1,6 +1,6 @@
 """The fleet's trust material, and the one home of checkpoint signing and verification.
 
-    sop fleet init --robots 4 --out fleet/ [--learner-host learner.lab.example --learner-host 10.0.0.5]
+    sop fleet init --robots 4 --out fleet/ [--learner_hosts learner.lab.example,10.0.0.5]
 
 creates, with the `cryptography` package (no openssl subprocesses), everything a learner and N robots need to
 talk mutual TLS and to trust the learner's checkpoints:
@@ -10,7 +10,7 @@ talk mutual TLS and to trust the learner's checkpoints:
         ca.pem                   the fleet CA's certificate (self-signed, EC P-256)
         ca.key                   its private key (0600)
       learner/                   copy to the learner machine
-        server.pem, server.key   the learner's TLS certificate (SANs: every --learner-host, localhost,
+        server.pem, server.key   the learner's TLS certificate (SANs: every learner_hosts, localhost,
                                  127.0.0.1) and key (0600)       -> server.tls.cert_file / key_file
         client_ca.pem            the CA robots' client certificates must chain to -> server.tls.client_ca_file
         token_hashes.json        robot id -> sha256 of its token (no tokens) -> auth.token_hashes_file
@@ -25,7 +25,7 @@ talk mutual TLS and to trust the learner's checkpoints:
 
 A robot directory holds nothing another robot could use to impersonate the learner, and the learner directory
 holds no robot secret (token hashes only), so a stolen robot or learner disk does not hand over the fleet.
-Re-running refuses to overwrite any of these files unless `--force` (a new CA locks out every robot that
+Re-running refuses to overwrite any of these files unless `--force true` (a new CA locks out every robot that
 still has the old one).
 
 Checkpoint signatures. The learner signs, with Ed25519, a short statement naming the checkpoint's version,
@@ -40,12 +40,11 @@ before, so hash and blob no longer arrive unauthenticated over the same channel.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import ipaddress
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -54,6 +53,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from sop.config import parse_config
 from sop.credentials import CredentialsError, TokenRegistry, check_robot_id, new_token
 from sop.durable_files import write_atomically
 
@@ -378,7 +378,7 @@ def create_fleet_trust(
     if existing and not force:
         raise TrustError(
             f"{existing[0]} already exists ({len(existing)} fleet files in {trust.root}); a new CA would "
-            "lock out robots that hold the old one. Pass --force to replace them, or choose another --out"
+            "lock out robots that hold the old one. Pass --force true to replace them, or choose another --out"
         )
 
     ca_cert, ca_key = _new_ca(max(CA_VALID_DAYS, valid_days))
@@ -462,35 +462,37 @@ def robot_flags(trust: FleetTrust, robot_id: str) -> list[str]:
     ]
 
 
+@dataclass(frozen=True)
+class FleetInitConfig:
+    """`sop fleet init`: how many robots, where the files go, and the names robots reach the learner by."""
+
+    robots: int = field(default=0, metadata={"help": "number of robots (ids <robot_prefix>0 .. N-1)"})
+    out: str = field(default="", metadata={"help": "directory to create the files in"})
+    learner_hosts: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "DNS names or IPs robots use to reach the learner (localhost and 127.0.0.1 always)"
+        },
+    )
+    robot_prefix: str = field(default="robot-", metadata={"help": "robot ids are <prefix><index>"})
+    valid_days: int = field(
+        default=DEFAULT_VALID_DAYS, metadata={"help": "validity of learner and robot certs"}
+    )
+    force: bool = field(default=False, metadata={"help": "replace the files of an earlier fleet init"})
+
+    def __post_init__(self) -> None:
+        if self.robots < 1:
+            raise ValueError(f"robots must be at least 1 (e.g. --robots 4), got {self.robots}")
+        if not self.out:
+            raise ValueError("out: name the directory to create the files in (e.g. --out fleet)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="sop fleet init",
-        description="Create a CA, the learner's TLS certificate, token hashes and checkpoint-signing key, and "
-        "each robot's client certificate, token and the learner's public key.",
-    )
-    parser.add_argument(
-        "--robots", type=int, required=True, help="number of robots (ids robot-0 .. robot-N-1)"
-    )
-    parser.add_argument("--out", required=True, help="directory to create the files in")
-    parser.add_argument(
-        "--learner-host",
-        action="append",
-        default=[],
-        help="DNS name or IP robots use to reach the learner (repeatable; localhost and 127.0.0.1 always)",
-    )
-    parser.add_argument("--robot-prefix", default="robot-", help="robot ids are <prefix><index>")
-    parser.add_argument(
-        "--valid-days", type=int, default=DEFAULT_VALID_DAYS, help="validity of learner and robot certs"
-    )
-    parser.add_argument("--force", action="store_true", help="replace the files of an earlier fleet init")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if args.robots < 1:
-        print("sop fleet init: --robots must be at least 1", file=sys.stderr)
-        return 2
+    args = parse_config(FleetInitConfig, sys.argv[1:] if argv is None else argv)
     robot_ids = [f"{args.robot_prefix}{i}" for i in range(args.robots)]
     try:
         trust = create_fleet_trust(
-            args.out, robot_ids, args.learner_host, force=args.force, valid_days=args.valid_days
+            args.out, robot_ids, args.learner_hosts, force=args.force, valid_days=args.valid_days
         )
     except (TrustError, OSError) as exc:
         print(f"sop fleet init: {exc}", file=sys.stderr)

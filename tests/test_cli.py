@@ -90,10 +90,17 @@ def test_unknown_command_without_a_near_one(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_unknown_task_is_one_line_before_the_demo_starts(tmp_path: Path) -> None:
-    done = sop("demo", "--tasks", "nonexistent-v3", "--quick", cwd=tmp_path)
+    done = sop("demo", "--tasks", "nonexistent-v3", "--config", "demo_quick", cwd=tmp_path)
     line = one_line_error(done, 2, "sop demo: ")
     assert "'nonexistent-v3' is not in the Meta-World suite" in line and "sop demo --help" in line
     assert list(tmp_path.iterdir()) == []  # nothing was started or written
+
+
+def test_a_dashed_flag_is_one_line_naming_the_key_meant(tmp_path: Path) -> None:
+    done = sop("robot", "run", "--robot-id", "r1", cwd=tmp_path)
+    line = one_line_error(done, 2, "sop robot run: ")
+    assert "unknown flag --robot-id; did you mean --robot_id?" in line
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("where", ["file", "flag"])

@@ -30,6 +30,10 @@ class ExampleConfig:
     name: str = "reach"
     episodes: int = 3
     camera: CameraConfig = field(default_factory=CameraConfig)
+    tasks: list[str] = field(default_factory=lambda: ["reach"])
+    sizes: tuple[int, ...] = (1, 2)
+    stores: list[str] | None = None
+    robot_id: str = "r0"
 
 
 def test_yaml_then_overrides(tmp_path: Path) -> None:
@@ -61,6 +65,29 @@ def test_unknown_flag_is_named() -> None:
         parse_config(ExampleConfig, ["--bogus", "1"])
     with pytest.raises(ConfigError, match="--episodes"):
         parse_config(ExampleConfig, ["--episodes"])
+
+
+def test_a_list_key_takes_a_comma_list_whatever_its_name() -> None:
+    cfg = parse_config(ExampleConfig, ["--tasks", "a,b", "--sizes=3,4,5", "--stores", "x"])
+    assert (cfg.tasks, cfg.sizes, cfg.stores) == (["a", "b"], (3, 4, 5), ["x"])
+    assert parse_config(ExampleConfig, ["--tasks", "[a, b]", "--stores", "null"]).stores is None
+    assert parse_config(ExampleConfig, ["--name", "a,b"]).name == "a,b"  # not a list: left alone
+
+
+@pytest.mark.parametrize(
+    ("typed", "hint"),
+    [
+        ("--robot-id", "did you mean --robot_id?"),
+        ("--camera-width", "did you mean --camera.width?"),
+        ("--episods", "did you mean --episodes?"),
+        ("--camera", "set one of its keys, e.g. --camera.height"),
+    ],
+)
+def test_a_misspelled_flag_is_one_line_naming_it_and_the_key_meant(typed: str, hint: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config(ExampleConfig, [typed, "1"])
+    message = str(raised.value)
+    assert typed in message and hint in message and "\n" not in message
 
 
 def test_help_still_prints_the_options(capsys: pytest.CaptureFixture[str]) -> None:
@@ -103,6 +130,10 @@ def test_the_working_directory_comes_before_the_package(
     assert resolve_config_path("configs/demo.yaml") == Path("configs/demo.yaml")
     (tmp_path / "demo.yaml").write_text("episodes: 2\n")
     assert resolve_config_path("demo.yaml") == Path("demo.yaml")
+
+
+def test_a_config_is_found_by_its_name_without_the_suffix() -> None:
+    assert resolve_config_path("demo_quick").name == "demo_quick.yaml"
 
 
 def test_a_missing_path_is_not_replaced_by_a_shipped_config(tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ def test_fleet_init_writes_a_chaining_pki_tokens_and_signing_keys(
 ) -> None:
     out = tmp_path / "fleet"
     assert (
-        sop_main(["fleet", "init", "--robots", "3", "--out", str(out), "--learner-host", "learner.lab"]) == 0
+        sop_main(["fleet", "init", "--robots", "3", "--out", str(out), "--learner_hosts", "learner.lab"]) == 0
     )
     assert "copy to the learner" in capsys.readouterr().out
     trust = FleetTrust.layout(out, [f"robot-{i}" for i in range(3)])

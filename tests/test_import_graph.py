@@ -2,8 +2,10 @@
 
 `robot_client` runs on an edge computer beside a real arm: it must not drag in the simulator (MuJoCo,
 Meta-World) or the learner (Ray, training). `robot_client` and `cloud_learner` meet only through the wire
-contract, and `sop` is the core both sides share, so it imports neither side nor the simulator. Kinds of
-robots and operators reach the daemon as plug-ins (robot_client/kinds.py), not as imports.
+contract, and `sop` is the core both sides share, so it imports neither side nor the simulator. `sim` is the
+environments, the simulated operator and the scripted experts: it knows neither side of the fleet. Where the
+simulator meets the fleet (the demo, the robot and operator plug-ins) is `fleet_harness/`, which may import
+them all. Kinds of robots and operators reach the daemon as plug-ins (robot_client/kinds.py), not as imports.
 
 Every module is parsed, not imported: imports inside functions and under `TYPE_CHECKING` count too, and so
 does `importlib.import_module("<literal>")`.
@@ -17,14 +19,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("sop", "robot_client", "cloud_learner", "sim")
+PACKAGES = ("sop", "robot_client", "cloud_learner", "sim", "fleet_harness")
 
 # package -> the packages it must never import
-# (`benchmarks/` is scripts beside the product: the shipped robot, learner and core never import it.)
+# (`benchmarks/` is scripts beside the product: nothing shipped imports it.)
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    "robot_client": ("sim", "cloud_learner", "benchmarks"),
-    "cloud_learner": ("robot_client", "sim", "benchmarks"),
-    "sop": ("robot_client", "cloud_learner", "sim", "benchmarks"),
+    "robot_client": ("sim", "cloud_learner", "fleet_harness", "benchmarks"),
+    "cloud_learner": ("robot_client", "sim", "fleet_harness", "benchmarks"),
+    "sim": ("robot_client", "cloud_learner", "fleet_harness", "benchmarks"),
+    "fleet_harness": ("benchmarks",),
+    "sop": ("robot_client", "cloud_learner", "sim", "fleet_harness", "benchmarks"),
 }
 
 

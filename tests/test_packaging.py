@@ -24,7 +24,7 @@ from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-FIRST_PARTY = frozenset({"sop", "robot_client", "cloud_learner", "sim", "benchmarks"})
+FIRST_PARTY = frozenset({"sop", "robot_client", "cloud_learner", "sim", "fleet_harness", "benchmarks"})
 
 # package -> the extra its role installs ("" is the base every role shares)
 ROLE_OF_PACKAGE = {
@@ -32,6 +32,7 @@ ROLE_OF_PACKAGE = {
     "robot_client": "robot",
     "cloud_learner": "learner",
     "sim": "sim",
+    "fleet_harness": "sim",
     "benchmarks": "sim",
 }
 

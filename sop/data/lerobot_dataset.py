@@ -2,9 +2,9 @@
 
 LeRobotDataset v3 is the field's interchange format, so SOP data leaves and enters through it:
 
-    sop export lerobot --store DIR --out DIR --repo-id NAME [--tasks '[reach-v3]'] [--source online]
+    sop export lerobot --store DIR --out DIR --repo_id NAME [--tasks '[reach-v3]'] [--source online]
                        [--use-videos true]
-    sop import lerobot --root DIR --repo-id NAME --store DIR [--task-map '{"pick the cube": pick-place-v3}']
+    sop import lerobot --root DIR --repo_id NAME --store DIR [--task_map '{"pick the cube": pick-place-v3}']
                        [--task NAME] [--outcome success]
 
 Export writes one LeRobot episode per stored episode with the features `observation.state`, `action`,
@@ -362,21 +362,10 @@ class ImportConfig:
             raise ValueError(f"outcome: {self.outcome!r} is not one of {[o.value for o in Outcome]}")
 
 
-def _underscore_flags(argv: Sequence[str]) -> list[str]:
-    """Accept `--repo-id` as well as draccus' `--repo_id`."""
-    out = []
-    for arg in argv:
-        if arg.startswith("--"):
-            name, eq, value = arg[2:].partition("=")
-            arg = "--" + name.replace("-", "_") + eq + value
-        out.append(arg)
-    return out
-
-
 def export_main(argv: list[str]) -> int:
     """`sop export lerobot`: write an episode store as a LeRobotDataset v3."""
     try:
-        config = parse_config(ExportConfig, _underscore_flags(argv))
+        config = parse_config(ExportConfig, argv)
         store = EpisodeStore(config.store, create=False)
         result = export_store_to_lerobot(
             store,
@@ -396,7 +385,7 @@ def export_main(argv: list[str]) -> int:
 def import_main(argv: list[str]) -> int:
     """`sop import lerobot`: append a LeRobotDataset to an episode store as offline demonstrations."""
     try:
-        config = parse_config(ImportConfig, _underscore_flags(argv))
+        config = parse_config(ImportConfig, argv)
         _require_dataset_root(config.root)
         store = EpisodeStore(config.store)
         result = import_lerobot_into_store(

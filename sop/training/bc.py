@@ -15,7 +15,6 @@ import dataclasses
 import logging
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,18 +75,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device is {name!r} but CUDA is not available here; use cpu or auto")
     return device
-
-
-def expand_list_flags(argv: Sequence[str], names: Sequence[str] = ("--tasks",)) -> list[str]:
-    """Let `--tasks a,b` mean draccus' `--tasks [a,b]` (sim.tasks has the same rule for the sim commands)."""
-    args = list(argv)
-    for i, arg in enumerate(args):
-        for name in names:
-            if arg == name and i + 1 < len(args) and not args[i + 1].startswith("["):
-                args[i + 1] = f"[{args[i + 1]}]"
-            elif arg.startswith(name + "=") and not arg.removeprefix(name + "=").startswith("["):
-                args[i] = f"{name}=[{arg.removeprefix(name + '=')}]"
-    return args
 
 
 def _fresh_policy_config(
@@ -238,7 +225,7 @@ class _ProgressBar:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = expand_list_flags(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else argv)
     config = parse_config(TrainBCConfig, args)
     result = train_bc(config)  # a CheckpointError (bad --init) is one line from the `sop` front door
     print(f"wrote {result.out} (policy version {result.policy.version}, step {result.steps_done})")

@@ -18,7 +18,7 @@ def test_env_benchmark_writes_its_markdown_table(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert main(argv) == 0
     text = output.read_text()
-    assert "sop bench env --tasks [reach-v3]" in text
+    assert "sop bench env --tasks reach-v3" in text
     assert "CPU cores" in text and "MuJoCo" in text
     row = next(line for line in text.splitlines() if line.startswith("| reach-v3 |"))
     state_rate, image_rate = (float(cell) for cell in row.split("|")[2:4])

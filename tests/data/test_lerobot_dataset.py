@@ -46,7 +46,7 @@ def test_export_load_and_import_round_trip(tmp_path: Path) -> None:
         store.append(episode)
 
     out = tmp_path / "lerobot"
-    assert export_main(["--store", str(store.root), "--out", str(out), "--repo-id", "sop/test"]) == 0
+    assert export_main(["--store", str(store.root), "--out", str(out), "--repo_id", "sop/test"]) == 0
     dataset = _load("sop/test", out)
     assert dataset.num_episodes == 2 and len(dataset) == 21
     assert {INTERVENTION, POLICY_ACTION, POLICY_VERSION}.issubset(dataset.meta.features)
@@ -88,8 +88,8 @@ def test_export_load_and_import_round_trip(tmp_path: Path) -> None:
         assert np.allclose(back.steps[TIMESTAMP], episode.steps[TIMESTAMP], atol=1e-5)
     # Importing again adds nothing (ids are preserved), and the CLI maps instructions to task ids.
     assert import_lerobot_into_store(out, "sop/test", imported).skipped == 2
-    args = ["--root", str(out), "--repo-id", "sop/test", "--store", str(tmp_path / "cli"), "--task", "t"]
-    assert import_main([*args, "--task-map", "{push the puck: push-other}"]) == 0
+    args = ["--root", str(out), "--repo_id", "sop/test", "--store", str(tmp_path / "cli"), "--task", "t"]
+    assert import_main([*args, "--task_map", "{push the puck: push-other}"]) == 0
     by_instruction = {i.instruction: i.task for i in EpisodeStore(tmp_path / "cli").list()}
     assert by_instruction == {"push the puck": "push-other", "reach the red goal": "reach-v3"}
 

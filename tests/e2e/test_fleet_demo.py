@@ -21,7 +21,8 @@ def test_quick_demo_improves_the_fleet_and_leaves_nothing_behind(tmp_path: Path)
     run_dir = tmp_path / "run"
     run_sop(
         "demo",
-        "--quick",
+        "--config",
+        "demo_quick",
         "--out",
         str(run_dir),
         "--live",

@@ -3,9 +3,9 @@
 A real `sop learner serve` and three real `sop robot run` daemons (a fast fake robot, a tiny diffusion
 policy, free-running) on 127.0.0.1, over the fleet's mutual TLS with signed checkpoints. A seeded schedule
 SIGKILLs one of the four processes every few seconds and restarts it; then everything runs undisturbed for
-a while, stops with SIGTERM, and each robot drains its spool (`sop robot run --drain`). Every episode a
-robot finished (its episode log) must then be committed in the learner's replay, exactly once, and nothing
-may sit in a robot's quarantine. (A free-running robot's control loop calls an episode finished only once
+a while, stops with SIGTERM, and each robot drains its spool (`sop robot run --drain_timeout_s`). Every
+episode a robot finished (its episode log) must then be committed in the learner's replay, exactly once, and
+nothing may sit in a robot's quarantine. (A free-running robot's control loop calls an episode finished only once
 its spool holds it, so "finished" is a promise a kill -9 of the robot cannot break.)
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sim.fleet_processes import FleetProcesses, ManagedProcess, free_port, wait_for_port
+from fleet_harness.processes import FleetProcesses, ManagedProcess, free_port, wait_for_port
 from sop.data.episode_store import EpisodeStore
 from sop.episode import Outcome
 from sop.fleet_trust import create_fleet_trust, learner_flags, robot_flags
@@ -69,9 +69,9 @@ def test_random_kill_9_of_learner_and_robots_loses_and_duplicates_nothing(tmp_pa
     def start_robot(robot_id: str, *extra: str) -> ManagedProcess:
         args = [
             "robot", "run", "--config", "configs/robot.yaml",
-            "--robot-id", robot_id,
-            "--data-dir", str(tmp_path / robot_id),
-            "--learner", f"127.0.0.1:{port}",
+            "--robot_id", robot_id,
+            "--data_dir", str(tmp_path / robot_id),
+            "--learner.address", f"127.0.0.1:{port}",
             *robot_flags(trust, robot_id),
             "--robot.type", "factory", "--robot.factory", "robot_fakes:make_fake_robot",
             "--policy.base_checkpoint", str(base),
@@ -101,9 +101,9 @@ def test_random_kill_9_of_learner_and_robots_loses_and_duplicates_nothing(tmp_pa
         for robot_id in ROBOTS:
             processes.stop(children[robot_id], timeout_s=30)
         # What the spools still hold (recorded after the last receipt, or recovered partials) goes up with
-        # `sop robot run --drain`: no robot, upload until the spool is empty.
+        # `sop robot run --drain_timeout_s`: no robot, upload until the spool is empty.
         for robot_id in ROBOTS:
-            drain = start_robot(robot_id, "--drain", "60")
+            drain = start_robot(robot_id, "--drain_timeout_s", "60")
             assert drain.process.wait(90) == 0, processes.tail(drain, 40)
         assert not any(_pending(tmp_path / r / r) for r in ROBOTS), "robots could not drain their spools"
     finally:

@@ -42,9 +42,9 @@ def cli_args(data_dir: Path, checkpoint: Path, *extra: str) -> list[str]:
     return [
         "--config",
         "configs/robot.yaml",
-        "--robot-id",
+        "--robot_id",
         "robot-1",
-        "--data-dir",
+        "--data_dir",
         str(data_dir),
         "--robot.type",
         "factory",
@@ -66,7 +66,7 @@ def test_sop_robot_run_offline_records_episodes_with_the_real_policy_loader(
     args = cli_args(
         tmp_path,
         diffusion_checkpoint,
-        "--max-episodes",
+        "--control.max_episodes",
         "2",
         "--control.max_episode_steps",
         "6",

@@ -134,7 +134,9 @@ def test_the_daemon_runs_without_simulator_or_learner_and_says_what_to_install()
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (line,) = result.stdout.splitlines()
-    assert line.startswith("robot.type 'metaworld' comes from sim.robot_plugins:make_metaworld_robot")
+    assert line.startswith(
+        "robot.type 'metaworld' comes from fleet_harness.robot_plugins:make_metaworld_robot"
+    )
     assert "missing module" in line and "pip install" in line
     assert "metaworld" in line.split("missing module", 1)[1] or "mujoco" in line.split("missing module", 1)[1]
 
@@ -154,7 +156,7 @@ def test_a_missing_simulated_operator_plugin_names_its_package() -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == (
-        "operator.type 'simulated' comes from sim.robot_plugins:make_simulated_operator (package sop), "
+        "operator.type 'simulated' comes from fleet_harness.robot_plugins:make_simulated_operator (package sop), "
         "which needs the missing module 'sim': pip install sop"
     )
 

@@ -20,7 +20,6 @@ from robot_client.config import (
     UploadConfig,
 )
 from robot_client.control_loop import Pacer
-from robot_client.daemon import translate_flags
 from robot_client.learner_channel import Backoff, LearnerChannel
 from robot_client.metrics import RobotMetrics
 from robot_client.policy_sync import LoadedPolicy, PolicySlot
@@ -47,18 +46,16 @@ def test_bad_values_name_their_field(make: object, field: str) -> None:
         make()  # type: ignore[operator]
 
 
-def test_short_flags_and_the_yaml_file() -> None:
-    argv = translate_flags(
-        [
-            "--config",
-            "configs/robot.yaml",
-            "--learner",
-            "10.0.0.2:7000",
-            "--robot-id=arm-3",
-            "--max-episodes",
-            "4",
-        ]
-    )
+def test_flags_are_the_yaml_keys_on_top_of_the_yaml_file() -> None:
+    argv = [
+        "--config",
+        "configs/robot.yaml",
+        "--learner.address",
+        "10.0.0.2:7000",
+        "--robot_id=arm-3",
+        "--control.max_episodes",
+        "4",
+    ]
     config = parse_config(RobotConfig, argv)
     assert (config.learner.address, config.robot_id, config.control.max_episodes) == (
         "10.0.0.2:7000",
@@ -68,6 +65,23 @@ def test_short_flags_and_the_yaml_file() -> None:
     assert config.robot_dir.name == "arm-3"
     with pytest.raises(ConfigError, match="rate_hz"):
         parse_config(RobotConfig, ["--control.rate_hz", "-3"])
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [
+        ("--robot-id", "--robot_id"),
+        ("--data-dir", "--data_dir"),
+        ("--max-episodes", "--control.max_episodes"),
+        ("--token-file", "--learner.token_file"),
+        ("--drain", "--drain_timeout_s"),
+        ("--learner", "--learner.address"),
+    ],
+)
+def test_a_dashed_or_short_flag_is_refused_with_the_key_it_probably_meant(typed: str, meant: str) -> None:
+    with pytest.raises(ConfigError, match=f"{typed}[;: ].*{meant.replace('.', '[.]')}") as raised:
+        parse_config(RobotConfig, [typed, "x"])
+    assert "\n" not in str(raised.value)
 
 
 def test_backoff_grows_with_jitter_and_respects_floor_and_cap() -> None:
@@ -126,3 +140,26 @@ def test_channel_sends_the_robot_token(tmp_path: object) -> None:
         assert dict(channel.metadata) == {"x-sop-robot-id": "robot-7", "authorization": "Bearer s3cret"}
     finally:
         channel.close()
+
+
+def test_the_robot_sampler_is_the_policys_typed_sampler_config() -> None:
+    from sop.policies import SamplerConfig, SamplerKind
+
+    shipped = parse_config(RobotConfig, ["--config", "configs/robot.yaml"])
+    assert shipped.policy.sampler == SamplerConfig() == RobotConfig().policy.sampler  # RTI, as before
+    tuned = parse_config(
+        RobotConfig,
+        [
+            "--config",
+            "configs/robot.yaml",
+            "--policy.sampler.kind",
+            "ddim",
+            "--policy.sampler.ddim_steps",
+            "4",
+        ],
+    )
+    assert (tuned.policy.sampler.kind, tuned.policy.sampler.ddim_steps) == (SamplerKind.DDIM, 4)
+    rti = parse_config(RobotConfig, ["--policy.sampler.rti_timesteps", "3,1,0"])
+    assert rti.policy.sampler.rti_timesteps == (3, 1, 0)
+    with pytest.raises(ConfigError, match="rti_timesteps"):
+        parse_config(RobotConfig, ["--policy.sampler.rti_timesteps", "0,1"])

@@ -74,11 +74,11 @@ def start_daemon(
     args = [
         "--config",
         "configs/robot.yaml",
-        "--robot-id",
+        "--robot_id",
         "robot-1",
-        "--data-dir",
+        "--data_dir",
         str(tmp_path),
-        "--learner",
+        "--learner.address",
         learner.address,
         # Deadlines far beyond the bound: only the shutdown itself may end these calls.
         "--learner.rpc_timeout_s",

@@ -8,7 +8,6 @@ import pytest
 
 from sim.demonstrations import DemosConfig
 from sim.showcase import ShowcaseConfig
-from sim.tasks import expand_task_list_flag
 from sop.config import CONFIG_DIR, ConfigError, load_config_file, parse_config
 
 
@@ -39,12 +38,6 @@ def test_value_failing_validation_is_a_config_error() -> None:
 
 
 def test_comma_separated_task_lists_are_accepted_on_the_command_line() -> None:
-    assert expand_task_list_flag(["--tasks", "reach-v3,push-v3", "--seed", "1"]) == [
-        "--tasks",
-        "[reach-v3,push-v3]",
-        "--seed",
-        "1",
-    ]
-    assert expand_task_list_flag(["--tasks=reach-v3"]) == ["--tasks=[reach-v3]"]
-    config = parse_config(DemosConfig, expand_task_list_flag(["--tasks", "reach-v3,push-v3"]))
-    assert config.tasks == ["reach-v3", "push-v3"]
+    config = parse_config(DemosConfig, ["--tasks", "reach-v3,push-v3", "--seed", "1"])
+    assert (config.tasks, config.seed) == (["reach-v3", "push-v3"], 1)
+    assert parse_config(DemosConfig, ["--tasks=reach-v3"]).tasks == ["reach-v3"]

@@ -4,12 +4,12 @@
     sop bench soak --robots 4 --minutes 3 --results ""   # ~4 min, CI's size (tests/e2e/test_soak_bench.py)
 
 One `sop learner serve` and `robots` real `sop robot run` daemons, as separate processes over gRPC on
-127.0.0.1 with the fleet demo's mutual TLS and signed checkpoints (the pieces of `sim.fleet_demo` and
-`sim.fleet_processes`). The robots are simulated Meta-World arms without rendering (state only:
+127.0.0.1 with the fleet demo's mutual TLS and signed checkpoints (the pieces of `fleet_harness.demo` and
+`fleet_harness.processes`). The robots are simulated Meta-World arms without rendering (state only:
 `robot.image false`), run a tiny diffusion policy (a small U-Net, briefly trained, DDIM) at a modest
 control rate, and have the simulated operator on, so interventions and operator sessions happen. The
-learner trains with one thread and publishes a checkpoint every `publish_every_steps`, so robots keep
-fetching, dry-running and hot-swapping policies. The point is load, not success.
+learner trains with one thread and publishes a checkpoint every `learner.trainer.publish_every_steps`, so
+robots keep fetching, dry-running and hot-swapping policies. The point is load, not success.
 
 Measured (written to `<out>/results.json`, `<out>/report.md`, `<out>/rss.png`, and the BENCHMARKS.md
 section `results`):
@@ -40,7 +40,6 @@ import dataclasses
 import json
 import logging
 import os
-import platform
 import re
 import shutil
 import signal
@@ -57,18 +56,19 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from sim.fleet_demo import (
+from benchmarks.machine import describe_machine, load_average
+from fleet_harness.demo import (
     BasePolicyConfig,
     FleetDemoConfig,
     learner_args,
+    learner_config,
     open_run_dir,
     prepare_base_policy,
     robot_args,
     write_fleet_trust,
 )
-from sim.fleet_processes import FleetProcesses, ManagedProcess, free_port, wait_for_port
-from sim.fleet_report import read_jsonl
-from sim.tasks import expand_task_list_flag
+from fleet_harness.processes import FleetProcesses, ManagedProcess, free_port, wait_for_port
+from fleet_harness.report import read_jsonl
 from sop.config import config_to_dict, parse_config
 from sop.policies.configuration_diffusion import (
     DiffusionPolicyConfig,
@@ -92,6 +92,14 @@ def _tiny_base() -> BasePolicyConfig:
     )
 
 
+def _soak_learner_overrides() -> dict[str, Any]:
+    """One training thread and frequent checkpoints, so robots keep fetching and hot-swapping under load."""
+    return {
+        "trainer": {"batch_size": 32, "num_threads": 1, "publish_every_steps": 50},
+        "algorithm": {"optimizer": {"lr": 3e-4}},
+    }
+
+
 @dataclass(frozen=True)
 class SoakBenchConfig:
     robots: int = field(default=16, metadata={"help": "robot daemons (separate processes)"})
@@ -105,9 +113,12 @@ class SoakBenchConfig:
     sampler: SamplerKind = field(
         default=SamplerKind.DDIM, metadata={"help": "robots' sampler: ddim | rti | ddpm"}
     )
-    publish_every_steps: int = field(default=50, metadata={"help": "learner steps between checkpoints"})
-    learner_batch_size: int = 32
-    learner_lr: float = 0.0003
+    learner: dict[str, Any] = field(
+        default_factory=_soak_learner_overrides,
+        metadata={
+            "help": "keys of configs/learner.yaml to change, e.g. --learner.trainer.publish_every_steps 25"
+        },
+    )
     sample_every_s: float = field(default=5.0, metadata={"help": "seconds between RSS samples"})
     warmup_fraction: float = field(
         default=1 / 3, metadata={"help": "share of the run left out of the slope fit (start-up, allocator)"}
@@ -160,10 +171,7 @@ class SoakBenchConfig:
             robot_rate_hz=self.robot_rate_hz,
             max_episode_steps=self.max_episode_steps,
             sampler=self.sampler,
-            publish_every_steps=self.publish_every_steps,
-            learner_batch_size=self.learner_batch_size,
-            learner_threads=1,
-            learner_lr=self.learner_lr,
+            learner=self.learner,
             base=self.base,
             live=False,
         )
@@ -257,7 +265,6 @@ def robot_process_args(
 def drain_spools(robot_argv: dict[str, list[str]], timeout_s: float) -> DrainResult:
     """Upload what the stopped robots left in their spools, with each robot's own config and uploader."""
     from robot_client.config import RobotConfig
-    from robot_client.daemon import translate_flags
     from robot_client.learner_channel import LearnerChannel
     from robot_client.metrics import RobotMetrics
     from robot_client.recorder import Spool
@@ -268,7 +275,7 @@ def drain_spools(robot_argv: dict[str, list[str]], timeout_s: float) -> DrainRes
     recovered = 0
     try:
         for robot_id, argv in robot_argv.items():
-            config = parse_config(RobotConfig, translate_flags(argv[2:]))  # drop "robot run"
+            config = parse_config(RobotConfig, argv[2:])  # drop "robot run"
             metrics = RobotMetrics(f"{robot_id}-drain")
             spool = Spool(config.spool_dir, config.quarantine_dir, config.spool, metrics)
             recovered += len(spool.recover_partials())
@@ -598,14 +605,8 @@ def summarize_soak(config: SoakBenchConfig, run_dir: Path, run: SoakRun) -> dict
 
 
 def machine_description() -> str:
-    gpu = "a GPU present (unused)" if Path("/dev/nvidia0").exists() else "no GPU"
-    memory = ""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        total_kib = int(Path("/proc/meminfo").read_text().split()[1])
-        memory = f", {total_kib / (1 << 20):.0f} GiB"
-    return (
-        f"{platform.machine()}, {os.cpu_count()} CPU cores{memory}, {gpu}, Python {platform.python_version()}"
-    )
+    """The shared machine line, and how loaded the machine was when the run ended (a soak shares the cores)."""
+    return f"{describe_machine().summary()}; load average at the end of the run {load_average()}"
 
 
 # Report ----------------------------------------------------------------------------------------------------
@@ -810,10 +811,11 @@ def write_markdown(path: Path, config: SoakBenchConfig, results: dict[str, Any],
         shutil.copyfile(plot, image)
     link = os.path.relpath(image.resolve(), REPO_ROOT)
     unet = list(config.base.policy.down_dims)
+    trainer = learner_config(config.learner).trainer
     how = (
         f"Command: `{reproducing_command(config)}` (configs/bench_soak.yaml). Machine: {results['machine']}; "
-        f"learner and robots on the same cores. One `sop learner serve` (1 training thread, a checkpoint every "
-        f"{config.publish_every_steps} steps) and {config.robots} `sop robot run` daemons over gRPC on 127.0.0.1 "
+        f"learner and robots on the same cores. One `sop learner serve` ({trainer.num_threads} training "
+        f"thread{'s' if trainer.num_threads != 1 else ''}, a checkpoint every {trainer.publish_every_steps} steps) and {config.robots} `sop robot run` daemons over gRPC on 127.0.0.1 "
         f"with mutual TLS and signed checkpoints; Meta-World {', '.join(config.tasks)} without rendering (state "
         f"only) at {config.robot_rate_hz:g} Hz, {config.sampler} sampling of a tiny diffusion policy (U-Net "
         f"{unet}, {config.base.bc_steps} BC steps), simulated operators on. RSS sampled every "
@@ -857,7 +859,7 @@ def run_soak_benchmark(config: SoakBenchConfig, console: Console | None = None) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = expand_task_list_flag(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else argv)
     config = parse_config(SoakBenchConfig, args, default_config="bench_soak.yaml")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -1,5 +1,5 @@
 """The simulator's daemon plug-ins: `robot.type: metaworld` and `operator.type: simulated` are found by name
-(through the entry points of sim/robot_plugins.py) and drive a real daemon episode."""
+(through the entry points of fleet_harness/robot_plugins.py) and drive a real daemon episode."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fleet_harness.robot_plugins import MetaWorldRobot, SimulatedOperatorInput
 from robot_client.config import (
     ControlConfig,
     MetricsConfig,
@@ -19,7 +20,6 @@ from robot_client.config import (
 from robot_client.daemon import RobotDaemon
 from robot_client.operators import make_local_operator
 from robot_client.robots import make_robot
-from sim.robot_plugins import MetaWorldRobot, SimulatedOperatorInput
 from sop.episode import ACTION, INTERVENTION, POLICY_ACTION
 
 ROBOT_FAKES = Path(__file__).resolve().parents[1] / "robot_client"

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cloud_learner.checkpoint_store import CheckpointStore
-from sim.fleet_benchmark import (
+from benchmarks.fleet import (
     FleetBenchConfig,
     FleetSizeResult,
     Snapshot,
@@ -22,7 +21,8 @@ from sim.fleet_benchmark import (
     summarize_benchmark,
     write_markdown,
 )
-from sim.fleet_demo import FleetView
+from cloud_learner.checkpoint_store import CheckpointStore
+from fleet_harness.demo import FleetView
 from sop.checkpoint import build_checkpoint, checkpoint_to_bytes
 from sop.config import ConfigError, config_to_dict, parse_config
 

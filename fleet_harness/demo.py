@@ -1,8 +1,8 @@
 """`sop demo`: a simulated fleet gets better while it works — online post-training end to end on one machine.
 
-    sop demo                 # default: 4 tasks, 4 robots, ~12 minutes on a 2-core CPU
-    sop demo --quick         # one easy task, 2 robots, ~3 minutes (what CI runs): configs/demo_quick.yaml
-    sop demo --robots 2 --budget_s 300 --out runs/mine
+    sop demo                       # default: 4 tasks, 4 robots, ~12 minutes on a 2-core CPU
+    sop demo --config demo_quick   # one easy task, 2 robots, ~3 minutes (what CI runs)
+    sop demo --robots 2 --budget_s 300 --tasks reach-v3,push-v3 --out runs/mine
 
 What happens, in order:
 1. A weak base policy: a few scripted demonstrations per task, a short behaviour-cloning run. Cached under
@@ -24,11 +24,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -38,10 +39,9 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from sim.fleet_processes import FleetProcesses, free_port, wait_for_port
-from sim.fleet_report import plot_run, read_episode_events, read_jsonl, summarize, write_report
-from sim.tasks import expand_task_list_flag
-from sop.config import config_to_dict, parse_config
+from fleet_harness.processes import FleetProcesses, free_port, wait_for_port
+from fleet_harness.report import plot_run, read_episode_events, read_jsonl, summarize, write_report
+from sop.config import ConfigError, config_to_dict, parse_config
 from sop.fleet_trust import FleetTrust, create_fleet_trust, learner_flags, robot_flags
 from sop.hashing import sha256_hex
 from sop.policies.configuration_diffusion import DiffusionPolicyConfig, SamplerConfig, SamplerKind
@@ -74,6 +74,61 @@ class BasePolicyConfig:
                 raise ValueError(f"base.{name} must be >= 1, got {getattr(self, name)}")
 
 
+# Learner keys the harness sets itself for every run (folders, the base policy, the data, the fleet's trust
+# material and address); a `learner:` override of one of them would break the run, so it is refused.
+HARNESS_LEARNER_KEYS = (
+    "run_dir",
+    "trainer.base_checkpoint",
+    "trainer.signing_key_file",
+    "replay.offline_stores",
+    "replay.tasks",
+    "server",
+    "auth",
+)
+
+
+def demo_learner_overrides() -> dict[str, Any]:
+    """What the demo changes in configs/learner.yaml: a faster post-training rate than a real fleet's."""
+    return {
+        "trainer": {"batch_size": 64, "num_threads": 1, "publish_every_steps": 25},
+        "algorithm": {"optimizer": {"lr": 3e-4}},
+    }
+
+
+def flatten_overrides(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"trainer": {"batch_size": 64}} -> {"trainer.batch_size": 64}."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten_overrides(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def override_flags(values: dict[str, Any]) -> list[str]:
+    """A nested mapping of config keys as `--a.b value` flags (the one flag spelling, sop/config.py)."""
+    flags: list[str] = []
+    for key, value in flatten_overrides(values).items():
+        if isinstance(value, bool):
+            text = str(value).lower()
+        elif value is None:
+            text = "null"
+        elif isinstance(value, (list, tuple, dict)):
+            text = json.dumps(value)
+        else:
+            text = str(value)
+        flags += [f"--{key}", text]
+    return flags
+
+
+def learner_config(overrides: dict[str, Any], extra: Sequence[str] = ()) -> Any:
+    """The learner's config as a fleet run starts it: configs/learner.yaml, then `overrides`, then `extra`."""
+    from cloud_learner.config import LearnerConfig
+
+    return parse_config(LearnerConfig, ["--config", "learner.yaml", *override_flags(overrides), *extra])
+
+
 @dataclass(frozen=True)
 class FleetDemoConfig:
     tasks: list[str] = field(
@@ -95,10 +150,13 @@ class FleetDemoConfig:
         default=SamplerKind.RTI,
         metadata={"help": "how robots and the evaluation sample actions: rti | ddim | ddpm"},
     )
-    publish_every_steps: int = field(default=25, metadata={"help": "learner steps between checkpoints"})
-    learner_batch_size: int = 64
-    learner_threads: int = 1
-    learner_lr: float = field(default=3e-4, metadata={"help": "post-training learning rate"})
+    learner: dict[str, Any] = field(
+        default_factory=demo_learner_overrides,
+        metadata={
+            "help": "keys of the learner's config (configs/learner.yaml) to set, as a nested mapping; "
+            "e.g. --learner.trainer.batch_size 32 --learner.algorithm.optimizer.lr 1e-3"
+        },
+    )
     base: BasePolicyConfig = field(default_factory=BasePolicyConfig)
     live: bool = field(default=True, metadata={"help": "live terminal view (off: periodic log lines)"})
 
@@ -117,6 +175,15 @@ class FleetDemoConfig:
             raise ValueError(f"eval_episodes must be >= 1, got {self.eval_episodes}")
         if self.robot_rate_hz < 0:
             raise ValueError(f"robot_rate_hz must be >= 0, got {self.robot_rate_hz}")
+        for key in flatten_overrides(self.learner):
+            if any(key == k or key.startswith(k + ".") for k in HARNESS_LEARNER_KEYS):
+                raise ValueError(f"learner.{key}: the harness sets this itself for every run; leave it out")
+        try:  # an unknown key or a bad value stops here, before anything starts
+            learner_config(self.learner)
+        except ConfigError as exc:
+            # Name the key as the user spells it here: `--learner.trainer.x`, not the learner's `--trainer.x`.
+            reason = re.sub(r"^bad config \([^)]*\): ", "", str(exc))
+            raise ValueError("learner: " + re.sub(r"--(?=[a-z_])", "--learner.", reason)) from None
 
     def robot_task(self, index: int) -> str:
         return self.tasks[index % len(self.tasks)]
@@ -299,22 +366,16 @@ def learner_training_args(
     config: FleetDemoConfig, learner_dir: Path, base: Path, offline_stores: list[Path]
 ) -> list[str]:
     """The learner's training settings as `LearnerConfig` flags (shared by the service and the offline arm of
-    `sop bench fleet`, so both train exactly alike)."""
+    `sop bench fleet`, so both train exactly alike): configs/learner.yaml, the config's `learner:` overrides,
+    then what the harness sets itself (HARNESS_LEARNER_KEYS)."""
     return [
         "--config",
         "learner.yaml",
+        *override_flags(config.learner),
         "--run_dir",
         str(learner_dir),
         "--trainer.base_checkpoint",
         str(base),
-        "--trainer.batch_size",
-        str(config.learner_batch_size),
-        "--trainer.publish_every_steps",
-        str(config.publish_every_steps),
-        "--trainer.num_threads",
-        str(config.learner_threads),
-        "--algorithm.optimizer.lr",
-        str(config.learner_lr),
         "--replay.offline_stores",
         json.dumps([str(store) for store in offline_stores]),
         "--replay.tasks",
@@ -349,12 +410,12 @@ def robot_args(
         "run",
         "--config",
         "robot.yaml",
-        "--robot-id",
+        "--robot_id",
         robot_id,
-        "--learner",
+        "--learner.address",
         f"127.0.0.1:{port}",
         *robot_flags(trust, robot_id),
-        "--data-dir",
+        "--data_dir",
         str(run_dir / "robots"),
         "--robot.task",
         config.robot_task(index),
@@ -366,7 +427,7 @@ def robot_args(
         str(index),
         "--policy.base_checkpoint",
         str(base),
-        "--policy.sampler",
+        "--policy.sampler.kind",
         str(config.sampler),
         "--control.max_episode_steps",
         str(config.max_episode_steps),
@@ -528,10 +589,7 @@ def latest_published(run_dir: Path) -> tuple[bytes | None, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = expand_task_list_flag(sys.argv[1:] if argv is None else argv)
-    if "--quick" in args:
-        args.remove("--quick")
-        args = ["--config", "demo_quick.yaml", *args]
+    args = list(sys.argv[1:] if argv is None else argv)
     config = parse_config(FleetDemoConfig, args, default_config="demo.yaml")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     summary = run_fleet_demo(config)

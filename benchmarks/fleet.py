@@ -34,7 +34,6 @@ import dataclasses
 import json
 import logging
 import os
-import platform
 import shutil
 import sys
 import time
@@ -45,19 +44,20 @@ from typing import Any
 
 from rich.console import Console
 
-from sim.fleet_demo import (
+from benchmarks.machine import describe_machine
+from fleet_harness.demo import (
     EVAL_SEED_OFFSET,
     FleetDemoConfig,
     FleetView,
+    flatten_overrides,
     learner_training_args,
     open_run_dir,
     prepare_base_policy,
     run_online_phase,
 )
-from sim.fleet_processes import FleetProcesses, ManagedProcess
-from sim.fleet_report import read_episode_events, read_jsonl
+from fleet_harness.processes import FleetProcesses, ManagedProcess
+from fleet_harness.report import read_episode_events, read_jsonl
 from sop.config import config_from_dict, parse_config
-from sop.training.bc import expand_list_flags
 
 log = logging.getLogger(__name__)
 
@@ -424,7 +424,7 @@ def summarize_benchmark(
         "robot_rate_hz": config.fleet.robot_rate_hz,
         "base_success": base_success,
         "fleet_sizes": sizes,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
+        "machine": describe_machine().summary(),
     }
     # The offline arm trained on as many extra demonstrations as the largest fleet collected episodes.
     if offline_checkpoint is not None:
@@ -545,10 +545,14 @@ def reproducing_command(config: FleetBenchConfig) -> str:
     for name in ("per_robot_steps", "eval_every_steps", "target", "offline", "results"):
         if getattr(config, name) != getattr(shipped, name):
             flags.append(f"--{name} {str(getattr(config, name)).lower()}")
-    for name in ("tasks", "robot_rate_hz", "eval_episodes", "learner_lr"):
+    for name in ("tasks", "robot_rate_hz", "eval_episodes"):
         value, default = getattr(config.fleet, name), getattr(shipped.fleet, name)
         if value != default:
             flags.append(f"--fleet.{name} {','.join(value) if isinstance(value, list) else value}")
+    shipped_learner = flatten_overrides(shipped.fleet.learner)
+    for key, value in flatten_overrides(config.fleet.learner).items():
+        if shipped_learner.get(key) != value:
+            flags.append(f"--fleet.learner.{key} {value}")
     return "sop bench fleet " + " ".join(flags)
 
 
@@ -582,7 +586,7 @@ evaluated afterwards on the same {results["eval_episodes_per_task"]} held-out se
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = expand_list_flags(sys.argv[1:] if argv is None else argv, ("--robots", "--fleet.tasks"))
+    args = list(sys.argv[1:] if argv is None else argv)
     config = parse_config(FleetBenchConfig, args, default_config="bench_fleet.yaml")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

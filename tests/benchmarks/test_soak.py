@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sim.soak_benchmark import (
+from benchmarks.soak import (
     MIB,
     MemoryTrace,
     SoakBenchConfig,
@@ -35,10 +35,15 @@ def test_the_shipped_config_is_the_default_and_flags_override_it() -> None:
     assert not shipped.fleet().base.policy.cameras  # state only: nothing to render
 
     small = parse_config(
-        SoakBenchConfig, ["--robots", "4", "--minutes", "3", "--publish_every_steps", "25"], "bench_soak.yaml"
+        SoakBenchConfig,
+        ["--robots", "4", "--minutes", "3", "--learner.trainer.publish_every_steps", "25"],
+        "bench_soak.yaml",
     )
     assert small.warmup_s == pytest.approx(60.0)  # a third of the run
-    assert reproducing_command(small) == "sop bench soak --robots 4 --minutes 3 --publish_every_steps 25"
+    assert (
+        reproducing_command(small)
+        == "sop bench soak --robots 4 --minutes 3 --learner.trainer.publish_every_steps 25"
+    )
 
 
 def test_bad_settings_are_refused_naming_the_key() -> None:

@@ -1,13 +1,15 @@
 """The simulator as robot-daemon plug-ins: the `metaworld` robot kind and the `simulated` operator kind.
 
-`robot_client` never imports this module (a daemon on a real arm must not need MuJoCo or Meta-World). It
-finds the two kinds by name through the entry points this package declares in pyproject.toml
+They live in the harness, not in `sim/`, because they join two packages that otherwise stay apart: `sim`
+(environments, the simulated operator) knows nothing of the daemon, and `robot_client` never imports this
+module (a daemon on a real arm must not need MuJoCo or Meta-World). The daemon finds the two kinds by name
+through the entry points declared in pyproject.toml
 
     [project.entry-points."sop.robot_kinds"]
-    metaworld = "sim.robot_plugins:make_metaworld_robot"
+    metaworld = "fleet_harness.robot_plugins:make_metaworld_robot"
 
     [project.entry-points."sop.operator_kinds"]
-    simulated = "sim.robot_plugins:make_simulated_operator"
+    simulated = "fleet_harness.robot_plugins:make_simulated_operator"
 
 and imports it only when a config asks for one of them (`robot.type: metaworld`, `operator.type: simulated`).
 """

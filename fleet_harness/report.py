@@ -7,7 +7,7 @@ Inputs (JSON lines written while the fleet runs):
     learner/train.jsonl               one line per logged trainer step: step, loss, time (Unix), and
                                       published_version when a checkpoint went out
 Kept apart from the harness so a report can be rebuilt from a finished run folder:
-`python -m sim.fleet_report RUN_DIR`.
+`python -m fleet_harness.report RUN_DIR`.
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ def write_report(run_dir: Path, summary: dict[str, Any], plots: list[Path]) -> P
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m sim.fleet_report RUN_DIR", file=sys.stderr)
+        print("usage: python -m fleet_harness.report RUN_DIR", file=sys.stderr)
         return 2
     run_dir = Path(args[0])
     summary_path = run_dir / "summary.json"

@@ -2,7 +2,7 @@
 
 The fleet harness starts the learner and every robot daemon as separate OS processes (they talk gRPC on
 127.0.0.1 exactly as they would across machines, over mutual TLS with signed checkpoints: see
-`sim.fleet_demo` and `sop.fleet_trust`). Whatever happens to the harness — normal end, Ctrl-C,
+`fleet_harness.demo` and `sop.fleet_trust`). Whatever happens to the harness — normal end, Ctrl-C,
 an exception — `FleetProcesses.stop_all()` sends SIGTERM (daemons flush their spools and exit), waits, and
 SIGKILLs what is left, process group and all. On Linux each child also gets PR_SET_PDEATHSIG, so even a
 SIGKILLed harness leaves no orphans behind.

@@ -1,0 +1,56 @@
+"""The demo's `learner:` mapping: any key of configs/learner.yaml, passed through to `sop learner serve`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks.fleet import FleetBenchConfig
+from benchmarks.soak import SoakBenchConfig
+from fleet_harness.demo import FleetDemoConfig, learner_config, learner_training_args
+from sop.config import ConfigError, parse_config
+
+
+def _trainer_figures(overrides: dict[str, object]) -> tuple[int, int, int, float]:
+    learner = learner_config(overrides)
+    trainer = learner.trainer
+    return (
+        trainer.batch_size,
+        trainer.num_threads,
+        trainer.publish_every_steps,
+        learner.algorithm.optimizer.lr,
+    )
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "demo_quick.yaml"])
+def test_the_demo_configs_train_the_learner_as_before(name: str) -> None:
+    config = parse_config(FleetDemoConfig, [], default_config=name)
+    assert _trainer_figures(config.learner) == (64, 1, 25, 3e-4)
+
+
+def test_the_bench_configs_train_the_learner_as_before() -> None:
+    fleet = parse_config(FleetBenchConfig, [], default_config="bench_fleet.yaml").fleet
+    assert _trainer_figures(fleet.learner) == (64, 1, 25, 3e-4)
+    soak = parse_config(SoakBenchConfig, [], default_config="bench_soak.yaml")
+    assert _trainer_figures(soak.fleet().learner) == (32, 1, 50, 3e-4)
+
+
+def test_a_learner_key_set_on_the_command_line_reaches_the_learner(tmp_path: Path) -> None:
+    config = parse_config(
+        FleetDemoConfig,
+        ["--learner.trainer.batch_size", "32", "--learner.replay.initial_online_share", "0.25"],
+        default_config="demo.yaml",
+    )
+    assert _trainer_figures(config.learner) == (32, 1, 25, 3e-4)  # the file's other keys stay
+    args = learner_training_args(config, tmp_path / "learner", tmp_path / "base", [tmp_path / "demos"])
+    assert args[args.index("--trainer.batch_size") + 1] == "32"
+    assert args[args.index("--algorithm.optimizer.lr") + 1] == "0.0003"
+    assert args[args.index("--replay.initial_online_share") + 1] == "0.25"
+
+
+def test_a_bad_or_harness_owned_learner_key_stops_before_anything_starts() -> None:
+    with pytest.raises(ConfigError, match="batch_sise"):
+        parse_config(FleetDemoConfig, ["--learner.trainer.batch_sise", "32"], default_config="demo.yaml")
+    with pytest.raises(ConfigError, match=r"learner\.trainer\.base_checkpoint: the harness sets this"):
+        parse_config(FleetDemoConfig, ["--learner.trainer.base_checkpoint", "x"], default_config="demo.yaml")
