@@ -312,10 +312,15 @@ class LearnerConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     algorithm: AlgorithmConfig = field(default_factory=HGDaggerConfig)
     log_level: str = "INFO"
+    # glibc malloc arenas of `sop learner serve` (sop/malloc_arenas.py): with one per thread its resident
+    # memory creeps up with traffic; 2 keeps it flat. null: glibc's default (8 per core).
+    malloc_arena_max: int | None = 2
 
     def __post_init__(self) -> None:
         if not self.run_dir:
             raise ValueError("run_dir must be a directory path")
+        if self.malloc_arena_max is not None:
+            _positive("learner", malloc_arena_max=self.malloc_arena_max)
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
 

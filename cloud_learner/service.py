@@ -20,7 +20,6 @@ only has to cover the robots actually connected.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import logging
@@ -54,6 +53,7 @@ from sop.credentials import Role, TokenRegistry
 from sop.durable_files import write_json_atomically
 from sop.episode import Episode
 from sop.fleet_trust import CheckpointSigner
+from sop.malloc_arenas import limit_malloc_arenas
 from sop.policy_features import PolicyFeatures
 from sop.safe_logging import RateLimitedLog, client_str
 from sop.v1 import fleet_pb2, fleet_pb2_grpc, operator_pb2, operator_pb2_grpc
@@ -534,12 +534,9 @@ class LearnerService:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="sop learner serve", add_help=False)
-    parser.add_argument("-h", "--help", action="store_true")
-    known, _ = parser.parse_known_args(argv)
-    if known.help:
-        print(__doc__)
     config = parse_config(LearnerConfig, argv)  # a ConfigError is one line from the `sop` front door
+    if config.malloc_arena_max is not None:  # before any thread of the service starts
+        limit_malloc_arenas(config.malloc_arena_max)
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

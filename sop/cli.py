@@ -157,8 +157,15 @@ def user_error_message(exc: BaseException) -> str:
 
 
 def run_command(name: str, command: Command, argv: list[str]) -> int:
-    """Run one command's main; a user error becomes one line on stderr and an exit code."""
-    entry: Callable[[list[str]], int] = getattr(importlib.import_module(command.module), command.function)
+    """Run one command's main; a user error becomes one line on stderr and an exit code.
+
+    `--help` prints the command's module docstring (what it does, its files) before the command prints its
+    options, so no command sniffs for `--help` itself.
+    """
+    module = importlib.import_module(command.module)
+    entry: Callable[[list[str]], int] = getattr(module, command.function)
+    if ("-h" in argv or "--help" in argv) and module.__doc__:
+        print(module.__doc__.strip() + "\n")
     try:
         return int(entry(argv) or 0)
     except KeyboardInterrupt:

@@ -64,6 +64,22 @@ def test_group_help_lists_its_commands_with_summaries(group: str, commands: list
     assert "learner serve" not in done.stdout  # only the group's own commands
 
 
+@pytest.mark.parametrize(
+    ("command", "described", "option"),
+    [
+        (["learner", "serve"], "the gRPC face of the learner", "--trainer.batch_size"),
+        (["robot", "run"], "robot", "--learner.address"),
+    ],
+)
+def test_command_help_says_what_it_does_then_lists_its_config_keys(
+    command: list[str], described: str, option: str
+) -> None:
+    done = sop(*command, "--help")
+    assert done.returncode == 0, done.stderr
+    assert described in done.stdout.split("usage:")[0]  # the module's description comes first
+    assert option in done.stdout
+
+
 def test_a_group_without_its_command_lists_the_group_and_fails() -> None:
     done = sop("robot")
     assert done.returncode == 2 and "robot run" in done.stderr
