@@ -54,6 +54,7 @@ from fleet_harness.demo import (
     open_run_dir,
     prepare_base_policy,
     run_online_phase,
+    sampler_flags,
 )
 from fleet_harness.processes import FleetProcesses, ManagedProcess
 from fleet_harness.report import read_episode_events, read_jsonl
@@ -195,8 +196,7 @@ def evaluate_in_parallel(checkpoints: list[str], config: FleetBenchConfig, log_d
                     "[" + ",".join(fleet.tasks) + "]",
                     "--episodes",
                     str(fleet.eval_episodes),
-                    "--sampler",
-                    str(fleet.sampler),
+                    *sampler_flags("sampler", fleet.sampler),
                     "--seed_offset",
                     str(EVAL_SEED_OFFSET),
                     "--max_steps",
@@ -572,7 +572,7 @@ def write_markdown(path: Path, config: FleetBenchConfig, results: dict[str, Any]
     text = f"""## {title}: {sizes} robot{"s" if config.robots != [1] else ""} {at}
 
 Command: `{reproducing_command(config)}` (configs/bench_fleet.yaml: {", ".join(fleet.tasks)}, base policy
-as in the quick demo, learner and robots as separate processes over gRPC, {pace}, {fleet.sampler} sampling,
+as in the quick demo, learner and robots as separate processes over gRPC, {pace}, {fleet.sampler.type} sampling,
 simulated operators). Machine: {results["machine"]}, learner and robots on the same cores.
 Every {config.eval_every_steps} per-robot env steps the newest checkpoint was snapshotted; each snapshot was
 evaluated afterwards on the same {results["eval_episodes_per_task"]} held-out seeded episodes per task (base policy:

@@ -43,6 +43,7 @@ from robot_client.config import (
     PolicyConfig,
     RobotConfig,
     RobotPluginConfig,
+    SwapPoint,
 )
 from robot_client.daemon import RobotDaemon
 from sop.config import parse_config
@@ -320,7 +321,8 @@ def measure_phase(
         robot=RobotPluginConfig(type="metaworld", task=bench.task, seed=bench.seed),
         operator=OperatorConfig(type="none", remote=False),
         policy=PolicyConfig(
-            base_checkpoint=str(base), swap_at="chunk" if phase.endswith("chunk") else "episode"
+            base_checkpoint=str(base),
+            swap_at=SwapPoint.CHUNK if phase.endswith("chunk") else SwapPoint.EPISODE,
         ),
         metrics=MetricsConfig(log_interval_s=0.0, window=window),
     )

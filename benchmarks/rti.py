@@ -30,7 +30,7 @@ import torch
 from benchmarks.machine import describe_machine
 from benchmarks.reporting import markdown_table, median_seconds, write_report
 from sop.config import parse_config
-from sop.policies import SamplerConfig, SamplerKind, load_policy
+from sop.policies import DDIMSamplerConfig, DDPMSamplerConfig, RTISamplerConfig, SamplerConfig, load_policy
 from sop.policies.modeling_diffusion import DiffusionPolicy
 
 DEFAULT_TASKS = ["reach-v3", "push-v3", "drawer-close-v3", "button-press-topdown-v3"]
@@ -74,16 +74,14 @@ class Row:
 def benchmark_rows(config: RTIBenchConfig, checkpoint_horizon: int) -> list[Row]:
     rows = []
     if config.ddpm:
-        rows.append(Row(f"DDPM-100 Ta={checkpoint_horizon}", SamplerConfig(kind=SamplerKind.DDPM)))
-    rows += [
-        Row(f"DDIM-{k} Ta={checkpoint_horizon}", SamplerConfig(kind=SamplerKind.DDIM, ddim_steps=k))
-        for k in config.ddim_steps
-    ]
-    horizons: list[int | None] = [None, *config.rti_execution_horizons]
+        rows.append(Row(f"DDPM-100 Ta={checkpoint_horizon}", DDPMSamplerConfig()))
+    rows += [Row(f"DDIM-{k} Ta={checkpoint_horizon}", DDIMSamplerConfig(steps=k)) for k in config.ddim_steps]
+    # RTI's own Ta (1: RTI-DP re-plans every step) first, then the listed ones.
+    horizons = [RTISamplerConfig().execution_horizon, *config.rti_execution_horizons]
     for horizon in horizons:
         for k in config.rti_steps:
             timesteps = tuple(range(k - 1, -1, -1))
-            sampler = SamplerConfig(kind=SamplerKind.RTI, rti_timesteps=timesteps, execution_horizon=horizon)
+            sampler = RTISamplerConfig(timesteps=timesteps, execution_horizon=horizon)
             ta = sampler.resolved_execution_horizon(checkpoint_horizon)
             rows.append(Row(f"RTI K'={k} {list(timesteps)} Ta={ta}", sampler))
     return rows
@@ -131,8 +129,7 @@ def lerobot_peer_latency(policy: DiffusionPolicy, repeats: int = 5) -> dict[str,
             results[f"lerobot_{label}_ms"] = _time_chunks(
                 lambda peer=peer, batch=batch: peer.predict_action_chunk(batch), repeats
             )
-        kind = SamplerKind.DDPM if scheduler == "DDPM" else SamplerKind.DDIM
-        policy.set_sampler(SamplerConfig(kind=kind, ddim_steps=steps))
+        policy.set_sampler(DDPMSamplerConfig() if scheduler == "DDPM" else DDIMSamplerConfig(steps=steps))
         policy.predict_chunk(observation)
         results[f"ours_{label}_ms"] = _time_chunks(lambda: policy.predict_chunk(observation), repeats)
     return results

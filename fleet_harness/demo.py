@@ -44,7 +44,7 @@ from fleet_harness.report import plot_run, read_episode_events, read_jsonl, summ
 from sop.config import ConfigError, config_to_dict, parse_config
 from sop.fleet_trust import FleetTrust, create_fleet_trust, learner_flags, robot_flags
 from sop.hashing import sha256_hex
-from sop.policies.configuration_diffusion import DiffusionPolicyConfig, SamplerConfig, SamplerKind
+from sop.policies.configuration_diffusion import DiffusionPolicyConfig, RTISamplerConfig, SamplerConfig
 from sop.training.trainer import OptimizerConfig
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,12 @@ def override_flags(values: dict[str, Any]) -> list[str]:
     return flags
 
 
+def sampler_flags(key: str, sampler: SamplerConfig) -> list[str]:
+    """A sampler config as a child's flags (`--policy.sampler.type ddim --policy.sampler.steps 10 ...`); its
+    `type` replaces whatever kind the child's config file chose, with every key of the kind spelled out."""
+    return override_flags({key: config_to_dict(sampler)})
+
+
 def learner_config(overrides: dict[str, Any], extra: Sequence[str] = ()) -> Any:
     """The learner's config as a fleet run starts it: configs/learner.yaml, then `overrides`, then `extra`."""
     from cloud_learner.config import LearnerConfig
@@ -146,9 +152,12 @@ class FleetDemoConfig:
         metadata={"help": "robots' control rate in Hz, as real arms run; 0: free-running simulation"},
     )
     max_episode_steps: int = 150
-    sampler: SamplerKind = field(
-        default=SamplerKind.RTI,
-        metadata={"help": "how robots and the evaluation sample actions: rti | ddim | ddpm"},
+    sampler: SamplerConfig = field(
+        default_factory=RTISamplerConfig,
+        metadata={
+            "help": "how robots and the evaluation sample actions, the policy's sampler config: "
+            "{type: ddim} (DDIM-10), {type: rti}, {type: ddpm}, with each kind's keys"
+        },
     )
     learner: dict[str, Any] = field(
         default_factory=demo_learner_overrides,
@@ -161,6 +170,8 @@ class FleetDemoConfig:
     live: bool = field(default=True, metadata={"help": "live terminal view (off: periodic log lines)"})
 
     def __post_init__(self) -> None:
+        if isinstance(self.sampler, str):  # a kind's name from a Python caller: that kind's defaults
+            object.__setattr__(self, "sampler", SamplerConfig.of_kind(self.sampler))
         if not self.tasks:
             raise ValueError("tasks: name at least one task")
         from sim.tasks import get_task
@@ -268,7 +279,7 @@ def evaluate_checkpoint(source: Path | bytes, config: FleetDemoConfig) -> dict[s
     from sop.policies import load_policy
 
     torch.set_num_threads(1)
-    policy = load_policy(source, SamplerConfig(kind=config.sampler))
+    policy = load_policy(source, config.sampler)
     result = evaluate_policy(
         policy,
         list(config.tasks),
@@ -427,8 +438,7 @@ def robot_args(
         str(index),
         "--policy.base_checkpoint",
         str(base),
-        "--policy.sampler.kind",
-        str(config.sampler),
+        *sampler_flags("policy.sampler", config.sampler),
         "--control.max_episode_steps",
         str(config.max_episode_steps),
         "--metrics.episode_log",

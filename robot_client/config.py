@@ -10,18 +10,30 @@ resumes where the last run stopped (a killed daemon included):
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 from robot_client.kinds import OPERATOR_KINDS, ROBOT_KINDS
-from sop.policies.configuration_diffusion import SamplerConfig
+from sop.policies.configuration_diffusion import RTISamplerConfig, SamplerConfig
 
 MIB: Final = 1 << 20
 GIB: Final = 1 << 30
 
-SWAP_POINTS: Final = ("episode", "chunk")
-PARTIAL_EPISODE_POLICIES: Final = ("upload_aborted", "discard")
+
+class SwapPoint(enum.StrEnum):
+    """Where a new checkpoint is swapped in (`policy.swap_at`)."""
+
+    EPISODE = "episode"  # at the next episode boundary
+    CHUNK = "chunk"  # at the next action-chunk boundary within an episode
+
+
+class PartialEpisodePolicy(enum.StrEnum):
+    """What a restart does with an episode a killed daemon left half-written (`spool.partial_episodes`)."""
+
+    UPLOAD_ABORTED = "upload_aborted"  # commit what was flushed, labelled aborted, and upload it
+    DISCARD = "discard"
 
 
 def _positive(owner: str, **values: float | int) -> None:
@@ -36,9 +48,12 @@ def _non_negative(owner: str, **values: float | int) -> None:
             raise ValueError(f"{owner}.{name} must be >= 0, got {value}")
 
 
-def _one_of(owner: str, name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{owner}.{name} must be one of {list(choices)}, got {value!r}")
+def _member[E: enum.StrEnum](owner: str, name: str, kind: type[E], value: str) -> E:
+    """`value` as a member of `kind` (Python callers may pass the plain string; the YAML spelling is the same)."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"{owner}.{name} must be one of {[k.value for k in kind]}, got {value!r}") from None
 
 
 def _factory_path(owner: str, value: str) -> None:
@@ -230,11 +245,11 @@ class PolicyConfig:
     base_checkpoint: str | None = None
     # Where a new checkpoint is swapped in: at the next episode boundary (default), or at the next action
     # chunk boundary within an episode.
-    swap_at: str = "episode"
+    swap_at: SwapPoint = SwapPoint.EPISODE
     # How the policy draws each chunk: the policy's own sampler config (sop/policies/configuration_diffusion.py),
-    # e.g. `sampler: {kind: ddim, ddim_steps: 10}` or `{kind: rti, rti_timesteps: [2, 1, 0]}`. RTI (the
-    # default) warm-starts each chunk from the previous one.
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    # a choice selected by `type`: `sampler: {type: ddim, steps: 10}` or `{type: rti, timesteps: [2, 1, 0]}`.
+    # RTI (the default) warm-starts each chunk from the previous one.
+    sampler: SamplerConfig = field(default_factory=RTISamplerConfig)
     # torch intra-op threads of the policy (the control thread and the uploader share a small CPU).
     num_threads: int = 1
     device: str = "cpu"
@@ -249,7 +264,7 @@ class PolicyConfig:
     dry_run_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
-        _one_of("policy", "swap_at", self.swap_at, SWAP_POINTS)
+        object.__setattr__(self, "swap_at", _member("policy", "swap_at", SwapPoint, self.swap_at))
         _positive("policy", num_threads=self.num_threads, dry_run_timeout_s=self.dry_run_timeout_s)
         if self.base_checkpoint is not None and not Path(self.base_checkpoint).exists():
             raise ValueError(f"policy.base_checkpoint: {self.base_checkpoint} does not exist")
@@ -269,7 +284,7 @@ class SpoolConfig:
     max_bytes: int = 8 * GIB
     # What a restart does with an episode a killed daemon left half-written: upload_aborted (recommended:
     # its intervention frames are valid expert labels) or discard.
-    partial_episodes: str = "upload_aborted"
+    partial_episodes: PartialEpisodePolicy = PartialEpisodePolicy.UPLOAD_ABORTED
     # fsync the spool as it is written (off only in benchmarks that measure something else).
     durable: bool = True
     # Steps queued between the control thread and the spool writer; the control loop never waits on disk.
@@ -286,7 +301,8 @@ class SpoolConfig:
             recorder_queue_steps=self.recorder_queue_steps,
             flush_every_steps=self.flush_every_steps,
         )
-        _one_of("spool", "partial_episodes", self.partial_episodes, PARTIAL_EPISODE_POLICIES)
+        choice = _member("spool", "partial_episodes", PartialEpisodePolicy, self.partial_episodes)
+        object.__setattr__(self, "partial_episodes", choice)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Evaluate a policy on seeded Meta-World episodes that training never saw.
 
-    sop sim eval --checkpoint runs/bc --tasks reach-v3,push-v3 --episodes 50 --sampler rti --json eval.json
+    sop sim eval --checkpoint runs/bc --tasks reach-v3,push-v3 --episodes 50 --sampler.type rti --json eval.json
 
 Seeds: episode i of every task resets with seed `seed_offset + i`, and `seed_offset` defaults to
 EVAL_SEED_OFFSET = 1_000_000. Demonstrations (`sim.demonstrations`) reset with 32-bit words drawn from
@@ -29,8 +29,8 @@ import torch
 
 from sim.metaworld_env import EnvConfig, make_env
 from sim.tasks import parse_task_list
-from sop.config import ConfigError, parse_config
-from sop.policies import Policy, SamplerConfig, SamplerKind, load_policy
+from sop.config import ConfigError, config_to_dict, parse_config
+from sop.policies import Policy, RTISamplerConfig, SamplerConfig, load_policy
 
 EVAL_SEED_OFFSET: Final = 1_000_000
 
@@ -126,10 +126,10 @@ class EvalConfig:
         default_factory=list, metadata={"help": "tasks; empty: those the checkpoint names"}
     )
     episodes: int = 20
-    sampler: SamplerKind = field(default=SamplerKind.RTI, metadata={"help": "rti | ddpm | ddim"})
-    ddim_steps: int = 10
-    rti_timesteps: list[int] = field(default_factory=lambda: [2, 1, 0])
-    execution_horizon: int | None = field(default=None, metadata={"help": "override Ta; null: checkpoint's"})
+    sampler: SamplerConfig = field(
+        default_factory=RTISamplerConfig,
+        metadata={"help": "the policy's sampler: --sampler.type rti|ddim|ddpm and that kind's keys"},
+    )
     seed_offset: int = field(default=EVAL_SEED_OFFSET, metadata={"help": "first reset seed (>= 1_000_000)"})
     max_steps: int = field(default=200, metadata={"help": "episode step limit"})
     device: str = "cpu"
@@ -149,20 +149,12 @@ class EvalConfig:
         if self.tasks:
             parse_task_list(self.tasks)
 
-    def sampler_config(self) -> SamplerConfig:
-        return SamplerConfig(
-            kind=SamplerKind(self.sampler),
-            ddim_steps=self.ddim_steps,
-            rti_timesteps=tuple(self.rti_timesteps),
-            execution_horizon=self.execution_horizon,
-        )
-
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     config = parse_config(EvalConfig, args)
     torch.set_num_threads(config.threads)
-    policy = load_policy(config.checkpoint, config.sampler_config(), device=config.device)
+    policy = load_policy(config.checkpoint, config.sampler, device=config.device)
     tasks = parse_task_list(config.tasks) if config.tasks else list(policy.tasks)
     if not tasks:
         raise ConfigError(f"tasks: the checkpoint {config.checkpoint} names no tasks; pass --tasks")
@@ -174,11 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         policy, tasks, config.episodes, config.seed_offset, env_config, progress=config.progress
     )
     results["checkpoint"] = str(config.checkpoint)
-    results["sampler"] = {
-        "kind": str(config.sampler),
-        "ddim_steps": config.ddim_steps,
-        "rti_timesteps": config.rti_timesteps,
-    }
+    results["sampler"] = config_to_dict(config.sampler)
     for task, row in results["tasks"].items():
         print(
             f"{task:24s} success {row['success_rate']:.2f} ({row['successes']}/{row['episodes']})  "

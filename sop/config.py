@@ -13,14 +13,30 @@ A key of a mapping-typed field (a free-form mapping such as the demo's `learner:
 same way: `--learner.trainer.batch_size 32` sets `batch_size` inside `learner: {trainer: ...}`. Nothing else
 translates flags; a dashed or shortened spelling (`--robot-id`, `--learner`) is an unknown flag, and the error
 says which key was probably meant.
+
+Choices are spelled one of two ways, by whether the choice carries parameters of its own:
+
+- A choice with its own parameters is a draccus choice type (a `draccus.ChoiceRegistry` base, one registered
+  subclass per kind holding only that kind's fields), selected by `type:` — the learner's `algorithm`, the
+  policy's `sampler` (`sampler: {type: ddim, steps: 10}`, `--policy.sampler.type ddim`). Setting another
+  `type` on the command line than the file's starts that section from the new kind's defaults (the file's
+  keys belong to the old kind); keys without a `type` apply to the kind the file or the default chose.
+- A choice without parameters is an `enum.StrEnum` field, written by its value (`swap_at: episode`); draccus
+  parses it by value, and a wrong value is a one-line `ConfigError` that lists the allowed ones.
+
+A stored config (a config file, a run folder's `config.json`) in an older spelling still loads: a config class
+whose layout changed has a classmethod `upgrade_stored(values) -> values`, applied here before decoding.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
+import enum
 import json
+import tempfile
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -38,6 +54,18 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 class ConfigError(ValueError):
     """A config file or override that does not fit its dataclass: unknown key, bad value, failed check."""
+
+
+def _decode_str_enum(kind: type[enum.StrEnum], raw_value: Any, path: Sequence[str]) -> enum.StrEnum:
+    """A choice without parameters, by its value; a wrong value names the allowed ones (draccus' own decoder
+    lets a KeyError escape with a two-line message that does not)."""
+    if raw_value in {member.value for member in kind}:
+        return kind(raw_value)
+    allowed = [member.value for member in kind]
+    raise draccus.utils.DecodingError(path, f"must be one of {allowed}, got {raw_value!r}")
+
+
+draccus.decode.register(enum.StrEnum, _decode_str_enum, include_subclasses=True)
 
 
 def _split_config_flag(argv: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -263,6 +291,99 @@ def _explain(exc: BaseException) -> str:
     return f"{exc} {cause}" if isinstance(cause, (ValueError, TypeError)) else str(exc)
 
 
+def _choice_class(kind: type, values: Mapping[str, Any]) -> type | None:
+    """The registered class a choice section's mapping selects (its `type`, else the default kind)."""
+    name = values.get("type", kind.default_choice_name())  # type: ignore[attr-defined]
+    try:
+        chosen = kind.get_choice_class(name)  # type: ignore[attr-defined]
+    except (KeyError, TypeError):
+        return None  # an unknown kind: decoding names it
+    return chosen if isinstance(chosen, type) else None
+
+
+def _upgrade_stored(cls: type, values: Any) -> Any:
+    """`values` with every section in an older spelling rewritten by its class's `upgrade_stored`."""
+    upgrade = getattr(cls, "upgrade_stored", None)
+    if upgrade is not None:
+        values = upgrade(values)
+    if not isinstance(values, dict):
+        return values
+    if issubclass(cls, draccus.ChoiceRegistry) and "_choice_registry" in vars(cls):
+        chosen = _choice_class(cls, values)
+        if chosen is None:
+            return values
+        cls = chosen
+    if not dataclasses.is_dataclass(cls):
+        return values
+    hints = _resolved_hints(cls)
+    out = dict(values)
+    for item in dataclasses.fields(cls):
+        kind = hints.get(item.name, item.type)
+        if item.name in out and isinstance(kind, type) and dataclasses.is_dataclass(kind):
+            out[item.name] = _upgrade_stored(kind, out[item.name])
+    return out
+
+
+def _flag_values(args: Sequence[str]) -> dict[str, str]:
+    """`--a.b value` / `--a.b=value` -> {"a.b": "value"} (the last one wins, as in draccus)."""
+    values: dict[str, str] = {}
+    for i, arg in enumerate(args):
+        name = _flag_name(arg)
+        if name is None:
+            continue
+        if "=" in arg:
+            values[name] = arg.partition("=")[2]
+        elif i + 1 < len(args) and _flag_name(args[i + 1]) is None:
+            values[name] = args[i + 1]
+    return values
+
+
+def _section_class(cls: type, dotted: str) -> type | None:
+    """The declared class of a nested section (`policy.sampler` -> SamplerConfig)."""
+    owner: type = cls
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(owner):
+            return None
+        kind = _resolved_hints(owner).get(part)
+        if not isinstance(kind, type):
+            return None
+        owner = kind
+    return owner
+
+
+def _switch_choices(cls: type, values: dict[str, Any], args: Sequence[str], keys: _Keys) -> dict[str, Any]:
+    """The file's mapping without each choice section whose `type` the command line changes: those keys belong
+    to the file's kind, and the new kind starts from its own defaults plus the command line's keys."""
+    flags = _flag_values(args)
+    out = json.loads(json.dumps(values))  # a deep copy of plain YAML data
+    for section in sorted(keys.open_sections, key=lambda name: name.count(".")):
+        chosen = flags.get(section + ".type")
+        *parents, leaf = section.split(".")
+        node: Any = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if chosen is None or not isinstance(node, dict) or not isinstance(node.get(leaf), dict):
+            continue
+        kind = _section_class(cls, section)
+        current = node[leaf].get("type", kind.default_choice_name() if kind is not None else None)  # type: ignore[attr-defined]
+        if str(current) != yaml.safe_load(chosen):
+            del node[leaf]
+    return out
+
+
+def _file_as_decoded(cls: type, config_path: str, args: Sequence[str], keys: _Keys) -> dict[str, Any] | None:
+    """The config file's mapping as it must be decoded (older spellings upgraded, choice sections the command
+    line switches dropped), or None when the file is fine as it is or is not a YAML mapping (draccus says so)."""
+    try:
+        values = yaml.safe_load(Path(config_path).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(values, dict):
+        return None
+    prepared = _switch_choices(cls, _upgrade_stored(cls, values), args, keys)
+    return None if prepared == values else prepared
+
+
 def parse_config[T](cls: type[T], argv: Sequence[str] = (), default_config: str | Path | None = None) -> T:
     """Build `cls` from an optional YAML file plus `--dotted.key value` overrides.
 
@@ -277,6 +398,16 @@ def parse_config[T](cls: type[T], argv: Sequence[str] = (), default_config: str 
     where = f" ({sources})" if sources else ""
     keys = _config_keys(cls)
     rest = _fold_mapping_flags(_expand_lists(rest, keys), keys)
+    with contextlib.ExitStack() as stack:
+        prepared = _file_as_decoded(cls, config_path, rest, keys) if config_path is not None else None
+        if prepared is not None:  # draccus reads a file: hand it the prepared mapping as one
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="sop-config-"))
+            config_path = str(Path(folder) / "config.yaml")
+            Path(config_path).write_text(yaml.safe_dump(prepared, sort_keys=False))
+        return _parse(cls, config_path, rest, keys, where)
+
+
+def _parse[T](cls: type[T], config_path: str | None, rest: list[str], keys: _Keys, where: str) -> T:
     try:
         return draccus.parse(config_class=cls, config_path=config_path, args=rest, exit_on_error=False)
     except argparse.ArgumentError as exc:  # a flag without its value, or an unknown choice
@@ -292,9 +423,10 @@ def parse_config[T](cls: type[T], argv: Sequence[str] = (), default_config: str 
 
 
 def config_from_dict[T](cls: type[T], values: Mapping[str, Any]) -> T:
-    """Build `cls` from a plain mapping (a YAML document already loaded, or a manifest's JSON)."""
+    """Build `cls` from a plain mapping (a YAML document already loaded, a manifest's or a run folder's JSON);
+    sections in an older spelling are upgraded first (`upgrade_stored`)."""
     try:
-        return draccus.decode(cls, dict(values))
+        return draccus.decode(cls, _upgrade_stored(cls, dict(values)))
     except draccus.utils.DraccusException as exc:
         raise ConfigError(f"bad {cls.__name__}: {_explain(exc)}") from None
     except (ValueError, TypeError) as exc:
@@ -314,7 +446,9 @@ def load_config_file[T](cls: type[T], path: str | Path) -> T:
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
-    """The plain-data form of a config (for manifests and run folders)."""
-    encoded = draccus.encode(config)
+    """The plain-data form of a config (for manifests, run folders and child processes' flags); a choice
+    (a sampler config on its own, say) keeps its `type`, so it decodes back to the same kind."""
+    registry = next((c for c in type(config).__mro__ if "_choice_registry" in vars(c)), None)
+    encoded = draccus.encode(config, registry) if registry is not None else draccus.encode(config)
     assert isinstance(encoded, dict)
     return encoded

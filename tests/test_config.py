@@ -142,3 +142,35 @@ def test_a_missing_path_is_not_replaced_by_a_shipped_config(tmp_path: Path) -> N
         resolve_config_path(tmp_path / "etc" / "robot.yaml")
     with pytest.raises(ConfigError, match=r"'nowhere\.yaml' does not exist .*demo\.yaml"):
         resolve_config_path("nowhere.yaml")
+
+
+def test_a_choice_without_parameters_is_parsed_by_value_and_a_wrong_one_lists_the_allowed() -> None:
+    from robot_client.config import PartialEpisodePolicy, RobotConfig, SwapPoint
+
+    shipped = parse_config(RobotConfig, ["--config", "robot.yaml"])
+    assert (shipped.policy.swap_at, shipped.spool.partial_episodes) == (
+        SwapPoint.EPISODE,
+        PartialEpisodePolicy.UPLOAD_ABORTED,
+    )
+    assert parse_config(RobotConfig, ["--policy.swap_at", "chunk"]).policy.swap_at is SwapPoint.CHUNK
+    with pytest.raises(ConfigError) as caught:
+        parse_config(RobotConfig, ["--config", "robot.yaml", "--policy.swap_at", "never"])
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.endswith("`policy.swap_at`: must be one of ['episode', 'chunk'], got 'never'")
+    with pytest.raises(
+        ConfigError, match=r"partial_episodes`: must be one of \['upload_aborted', 'discard'\]"
+    ):
+        parse_config(RobotConfig, ["--spool.partial_episodes", "keep"])
+
+
+def test_switching_a_choice_on_the_command_line_starts_it_from_the_new_kinds_defaults() -> None:
+    from robot_client.config import RobotConfig
+    from sop.policies import DDIMSamplerConfig, DDPMSamplerConfig
+
+    # `sop robot run --config robot.yaml --policy.sampler.type ddim --policy.sampler.steps 5`
+    argv = ["--config", "robot.yaml", "--policy.sampler.type", "ddim", "--policy.sampler.steps", "5"]
+    assert parse_config(RobotConfig, argv).policy.sampler == DDIMSamplerConfig(steps=5)
+    assert parse_config(RobotConfig, ["--policy.sampler.type=ddpm"]).policy.sampler == DDPMSamplerConfig()
+    with pytest.raises(ConfigError, match="invalid choice: 'fast'"):
+        parse_config(RobotConfig, ["--policy.sampler.type", "fast"])

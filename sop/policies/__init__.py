@@ -12,14 +12,30 @@ import torch
 
 from sop.checkpoint import Checkpoint, CheckpointError, checkpoint_from_bytes, load_checkpoint
 from sop.policies.base import ActionChunk, Observation, ObservationError, Policy
-from sop.policies.configuration_diffusion import DiffusionPolicyConfig, SamplerConfig, SamplerKind
+from sop.policies.configuration_diffusion import (
+    ColdStartConfig,
+    DDIMColdStartConfig,
+    DDIMSamplerConfig,
+    DDPMColdStartConfig,
+    DDPMSamplerConfig,
+    DiffusionPolicyConfig,
+    RTISamplerConfig,
+    SamplerConfig,
+    SamplerKind,
+)
 
 __all__ = [
     "ActionChunk",
+    "ColdStartConfig",
+    "DDIMColdStartConfig",
+    "DDIMSamplerConfig",
+    "DDPMColdStartConfig",
+    "DDPMSamplerConfig",
     "DiffusionPolicyConfig",
     "Observation",
     "ObservationError",
     "Policy",
+    "RTISamplerConfig",
     "SamplerConfig",
     "SamplerKind",
     "load_policy",

@@ -1,8 +1,10 @@
 """Typed configs of the diffusion policy (architecture, stored in the checkpoint) and its sampler (run time).
 
 The architecture config travels inside every checkpoint, so a robot rebuilds exactly the network the learner
-trained. The sampler config is chosen where the policy runs (`--sampler rti|ddpm|ddim`): the same weights
-serve every sampler, which is what lets the RTI benchmark compare them on one checkpoint.
+trained. The sampler config is chosen where the policy runs: a choice type selected by `type:`
+(`sampler: {type: ddim, steps: 10}`, `--policy.sampler.type rti --policy.sampler.timesteps 3,1,0`), each
+kind with only its own fields and building its own sampler. The same weights serve every sampler, which is
+what lets the RTI benchmark compare them on one checkpoint.
 
 Defaults are the model we actually run: state-only, instruction-conditioned through a frozen sentence
 encoder, a 1-D U-Net small enough for < 5 ms per denoiser call on one CPU core, Diffusion Policy's horizons
@@ -11,8 +13,15 @@ encoder, a 1-D U-Net small enough for < 5 ms per denoiser call on one CPU core, 
 
 from __future__ import annotations
 
+import abc
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import draccus
+
+if TYPE_CHECKING:
+    from sop.policies.samplers import DDIMSampler, DDPMSampler, RTISampler
 
 
 class InstructionEncoderKind(enum.StrEnum):
@@ -35,6 +44,8 @@ class GripperMode(enum.StrEnum):
 
 
 class SamplerKind(enum.StrEnum):
+    """The samplers' names, as `sampler.type` spells them (each kind's config is registered under its name)."""
+
     DDPM = "ddpm"
     DDIM = "ddim"
     RTI = "rti"
@@ -161,57 +172,209 @@ class DiffusionPolicyConfig:
         return self.gripper_mode is not GripperMode.NONE and self.gripper_index is not None
 
 
-@dataclass(frozen=True)
-class SamplerConfig:
-    """How chunks are sampled at run time; not part of the weights."""
+# Samplers ----------------------------------------------------------------------------------------------------
+#
+# A sampler is a draccus choice type: `sampler: {type: ddim, steps: 10}` in YAML, `--sampler.type ddim
+# --sampler.steps 10` on the command line. Each kind holds only its own fields and builds its sampler
+# (`build`), so adding a sampler is one config class here plus its class in `sop.policies.samplers`.
 
-    kind: SamplerKind = field(default=SamplerKind.RTI, metadata={"help": "rti | ddpm | ddim"})
-    ddpm_steps: int | None = field(default=None, metadata={"help": "DDPM steps; null: all training steps"})
-    ddim_steps: int = 10
-    rti_timesteps: tuple[int, ...] = field(
-        default=(2, 1, 0),
-        metadata={"help": "RTI: the last K' timesteps run on a warm start (DDPM index space)"},
+
+@dataclass(frozen=True)
+class ColdStartConfig(draccus.ChoiceRegistry, abc.ABC):
+    """RTI's full solve from noise (episode start, after a swap or a hand-back): `cold_start: {type: ddpm}`."""
+
+    @property
+    def type(self) -> str:
+        return str(self.get_choice_name(self.__class__))
+
+    @classmethod
+    def default_choice_name(cls) -> str:
+        return SamplerKind.DDPM.value
+
+    @abc.abstractmethod
+    def build(self, config: DiffusionPolicyConfig) -> DDPMSampler | DDIMSampler:
+        """The cold-start sampler for a policy of this architecture."""
+
+
+@ColdStartConfig.register_subclass(SamplerKind.DDPM.value)
+@dataclass(frozen=True)
+class DDPMColdStartConfig(ColdStartConfig):
+    steps: int | None = field(
+        default=None, metadata={"help": "DDPM steps; null: all training steps (RTI-DP)"}
     )
-    rti_execution_horizon: int = field(
-        default=1, metadata={"help": "Ta under RTI: RTI-DP re-plans every control step, 3 calls each"}
-    )
-    rti_cold_start: SamplerKind = field(
-        default=SamplerKind.DDPM,
-        metadata={"help": "RTI's full solve: ddpm (all steps, RTI-DP) or ddim (ddim_steps)"},
-    )
-    execution_horizon: int | None = field(
-        default=None,
-        metadata={
-            "help": "override Ta for every sampler; null: the checkpoint's (rti_execution_horizon for RTI)"
-        },
-    )
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        _coerce_enums(self, kind=SamplerKind, rti_cold_start=SamplerKind)
-        if self.ddpm_steps is not None and self.ddpm_steps < 1:
-            raise ValueError(f"ddpm_steps must be >= 1, got {self.ddpm_steps}")
-        if self.ddim_steps < 1:
-            raise ValueError(f"ddim_steps must be >= 1, got {self.ddim_steps}")
-        if not self.rti_timesteps:
-            raise ValueError("rti_timesteps must list at least one timestep")
-        if any(t < 0 for t in self.rti_timesteps):
-            raise ValueError(f"rti_timesteps must be >= 0, got {self.rti_timesteps}")
-        if list(self.rti_timesteps) != sorted(self.rti_timesteps, reverse=True) or len(
-            set(self.rti_timesteps)
-        ) != len(self.rti_timesteps):
-            raise ValueError(f"rti_timesteps must be strictly decreasing, got {self.rti_timesteps}")
-        if self.execution_horizon is not None and self.execution_horizon < 1:
-            raise ValueError(f"execution_horizon must be >= 1, got {self.execution_horizon}")
-        if self.rti_execution_horizon < 1:
-            raise ValueError(f"rti_execution_horizon must be >= 1, got {self.rti_execution_horizon}")
-        if self.rti_cold_start is SamplerKind.RTI:
-            raise ValueError("rti_cold_start must be ddpm or ddim")
+        _at_least_one("cold_start.steps", self.steps)
+
+    def build(self, config: DiffusionPolicyConfig) -> DDPMSampler:
+        from sop.policies.samplers import DDPMSampler
+
+        return DDPMSampler(config, self.steps)
+
+
+@ColdStartConfig.register_subclass(SamplerKind.DDIM.value)
+@dataclass(frozen=True)
+class DDIMColdStartConfig(ColdStartConfig):
+    steps: int = field(default=10, metadata={"help": "DDIM steps: a shorter stall than DDPM's"})
+
+    def __post_init__(self) -> None:
+        _at_least_one("cold_start.steps", self.steps)
+
+    def build(self, config: DiffusionPolicyConfig) -> DDIMSampler:
+        from sop.policies.samplers import DDIMSampler
+
+        return DDIMSampler(config, self.steps)
+
+
+@dataclass(frozen=True)
+class SamplerConfig(draccus.ChoiceRegistry, abc.ABC):
+    """How chunks are drawn at run time; not part of the weights. `type:` picks the kind (default: rti).
+
+    The fields here are every kind's; each registered kind below adds only its own.
+    """
+
+    execution_horizon: int | None = field(
+        default=None,
+        metadata={"help": "Ta: actions executed per chunk; null: the checkpoint's execution_horizon"},
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the sampling noise"})
+
+    @property
+    def type(self) -> str:
+        return str(self.get_choice_name(self.__class__))
+
+    @classmethod
+    def default_choice_name(cls) -> str:
+        return SamplerKind.RTI.value
+
+    @classmethod
+    def of_kind(cls, kind: str) -> SamplerConfig:
+        """The default config of a kind named by its `type` (`"ddim"` -> DDIM-10)."""
+        try:
+            return cls.get_choice_class(str(kind))()  # type: ignore[no-any-return]
+        except KeyError:
+            raise ValueError(
+                f"sampler type is {kind!r}, expected one of {sorted(cls.get_known_choices())}"
+            ) from None
+
+    @classmethod
+    def upgrade_stored(cls, values: Any) -> Any:
+        """A sampler config stored in an older spelling, rewritten to today's (`sop.config` calls this
+        before decoding a file or a stored mapping, so existing robot.yaml files and run folders load):
+
+        - a bare kind name (`sampler: ddim`, the fleet harness's field before it was typed) -> `{type: ddim}`;
+        - the flat form with every kind's fields (`{kind: rti, ddim_steps: 10, rti_timesteps: [2, 1, 0],
+          rti_execution_horizon: 1, rti_cold_start: ddpm, ddpm_steps: null, execution_horizon: null, seed: 0}`)
+          -> the chosen kind's own fields.
+        """
+        if isinstance(values, str):
+            return {"type": values}
+        if not isinstance(values, dict) or "kind" not in values or "type" in values:
+            return values
+        old = dict(values)
+        kind = str(old.pop("kind"))
+        new: dict[str, Any] = {"type": kind}
+        for name in ("seed", "execution_horizon"):
+            if name in old:
+                new[name] = old.pop(name)
+        ddpm_steps, ddim_steps = old.pop("ddpm_steps", None), old.pop("ddim_steps", None)
+        rti_horizon = old.pop("rti_execution_horizon", None)
+        rti_timesteps, rti_cold_start = old.pop("rti_timesteps", None), old.pop("rti_cold_start", None)
+        if kind == SamplerKind.DDPM.value and ddpm_steps is not None:
+            new["steps"] = ddpm_steps
+        elif kind == SamplerKind.DDIM.value and ddim_steps is not None:
+            new["steps"] = ddim_steps
+        elif kind == SamplerKind.RTI.value:
+            if rti_timesteps is not None:
+                new["timesteps"] = rti_timesteps
+            if new.get("execution_horizon") is None:  # the old override was null: RTI's own Ta applied
+                new["execution_horizon"] = 1 if rti_horizon is None else rti_horizon
+            cold = str(rti_cold_start or SamplerKind.DDPM.value)
+            steps = ddim_steps if cold == SamplerKind.DDIM.value else ddpm_steps
+            new["cold_start"] = {"type": cold, **({} if steps is None else {"steps": steps})}
+        return {**new, **old}  # anything left is no field of either form: decoding names it
+
+    def __post_init__(self) -> None:
+        _at_least_one("execution_horizon", self.execution_horizon)
 
     def resolved_execution_horizon(self, checkpoint_horizon: int) -> int:
-        """Ta for this sampler: the explicit override, RTI's own, or the checkpoint's."""
-        if self.execution_horizon is not None:
-            return self.execution_horizon
-        if self.kind is SamplerKind.RTI:
-            return self.rti_execution_horizon
-        return checkpoint_horizon
+        """Ta for this sampler: its own, or the checkpoint's when it has none."""
+        return checkpoint_horizon if self.execution_horizon is None else self.execution_horizon
+
+    @abc.abstractmethod
+    def build(self, config: DiffusionPolicyConfig) -> DDPMSampler | DDIMSampler | RTISampler:
+        """The sampler for a policy of this architecture (`sop.policies.samplers.make_sampler`)."""
+
+
+@SamplerConfig.register_subclass(SamplerKind.DDPM.value)
+@dataclass(frozen=True)
+class DDPMSamplerConfig(SamplerConfig):
+    """The full ancestral schedule from noise: the reference, and the slowest (100 denoiser calls)."""
+
+    steps: int | None = field(default=None, metadata={"help": "DDPM steps; null: all training steps"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least_one("steps", self.steps)
+
+    def build(self, config: DiffusionPolicyConfig) -> DDPMSampler:
+        from sop.policies.samplers import DDPMSampler
+
+        return DDPMSampler(config, self.steps)
+
+
+@SamplerConfig.register_subclass(SamplerKind.DDIM.value)
+@dataclass(frozen=True)
+class DDIMSamplerConfig(SamplerConfig):
+    """k deterministic DDIM steps from noise for every chunk."""
+
+    steps: int = field(default=10, metadata={"help": "DDIM steps per chunk"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least_one("steps", self.steps)
+
+    def build(self, config: DiffusionPolicyConfig) -> DDIMSampler:
+        from sop.policies.samplers import DDIMSampler
+
+        return DDIMSampler(config, self.steps)
+
+
+@SamplerConfig.register_subclass(SamplerKind.RTI.value)
+@dataclass(frozen=True)
+class RTISamplerConfig(SamplerConfig):
+    """RTI-DP: each chunk warm-starts from the previous one and runs only the last few timesteps."""
+
+    execution_horizon: int | None = field(
+        default=1,
+        metadata={"help": "Ta: RTI-DP re-plans every control step (3 calls each); null: the checkpoint's"},
+    )
+    timesteps: tuple[int, ...] = field(
+        default=(2, 1, 0),
+        metadata={"help": "the last K' timesteps run on a warm start (DDPM index space), decreasing"},
+    )
+    cold_start: ColdStartConfig = field(
+        default_factory=DDPMColdStartConfig,
+        metadata={"help": "the full solve from noise: {type: ddpm} (RTI-DP) or {type: ddim, steps: 10}"},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.timesteps, list):
+            object.__setattr__(self, "timesteps", tuple(self.timesteps))
+        if not self.timesteps:
+            raise ValueError("timesteps must list at least one timestep")
+        if any(t < 0 for t in self.timesteps):
+            raise ValueError(f"timesteps must be >= 0, got {self.timesteps}")
+        if list(self.timesteps) != sorted(set(self.timesteps), reverse=True):
+            raise ValueError(f"timesteps must be strictly decreasing, got {self.timesteps}")
+
+    def build(self, config: DiffusionPolicyConfig) -> RTISampler:
+        from sop.policies.samplers import RTISampler
+
+        return RTISampler(config, self.timesteps, self.cold_start.build(config))
+
+
+def _at_least_one(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")

@@ -35,6 +35,7 @@ from sop.policies.configuration_diffusion import (
     DiffusionPolicyConfig,
     GripperMode,
     InstructionEncoderKind,
+    RTISamplerConfig,
     SamplerConfig,
 )
 from sop.policies.instruction_encoder import shared_sentence_encoder
@@ -78,7 +79,7 @@ class DiffusionPolicy(Policy):
         parent_version: int | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
-        sampler = sampler or SamplerConfig()
+        sampler = sampler or RTISamplerConfig()
         super().__init__(config.observation_horizon, config.execution_horizon, version)
         if config.instruction_encoder is InstructionEncoderKind.TASK and not config.tasks:
             raise ValueError("tasks must list the task ids when instruction_encoder is 'task'")

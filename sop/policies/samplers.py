@@ -24,7 +24,7 @@ from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from torch import Tensor
 
-from sop.policies.configuration_diffusion import DiffusionPolicyConfig, SamplerConfig, SamplerKind
+from sop.policies.configuration_diffusion import DiffusionPolicyConfig, SamplerConfig
 
 # (noisy sample (B, T, A), timesteps (B,) long) -> predicted noise (B, T, A); the condition is bound inside.
 Denoiser = Callable[[Tensor, Tensor], Tensor]
@@ -117,7 +117,7 @@ class DDPMSampler(_ColdStartSampler):
         self.scheduler = make_ddpm_scheduler(config)
         self.num_steps = num_steps or config.num_train_timesteps
         if not 1 <= self.num_steps <= config.num_train_timesteps:
-            raise ValueError(f"ddpm_steps must be in [1, {config.num_train_timesteps}], got {self.num_steps}")
+            raise ValueError(f"DDPM steps must be in [1, {config.num_train_timesteps}], got {self.num_steps}")
         self.scheduler.set_timesteps(self.num_steps)
         self.timesteps = [int(t) for t in self.scheduler.timesteps]
 
@@ -127,7 +127,7 @@ class DDIMSampler(_ColdStartSampler):
 
     def __init__(self, config: DiffusionPolicyConfig, num_steps: int) -> None:
         if not 1 <= num_steps <= config.num_train_timesteps:
-            raise ValueError(f"ddim_steps must be in [1, {config.num_train_timesteps}], got {num_steps}")
+            raise ValueError(f"DDIM steps must be in [1, {config.num_train_timesteps}], got {num_steps}")
         self.scheduler = DDIMScheduler(
             num_train_timesteps=config.num_train_timesteps,
             beta_schedule=config.beta_schedule,
@@ -151,7 +151,7 @@ class RTISampler:
     ) -> None:
         if not timesteps or max(timesteps) >= config.num_train_timesteps:
             raise ValueError(
-                f"rti_timesteps must lie in [0, {config.num_train_timesteps}), got {tuple(timesteps)}"
+                f"RTI timesteps must lie in [0, {config.num_train_timesteps}), got {tuple(timesteps)}"
             )
         self.cold_start = cold_start or DDPMSampler(config)
         # Stepping with set_timesteps(num_train_timesteps) makes each step go from t to t-1, as in RTI-DP.
@@ -215,13 +215,5 @@ def rti_warm_start(
 def make_sampler(
     config: DiffusionPolicyConfig, sampler: SamplerConfig
 ) -> DDPMSampler | DDIMSampler | RTISampler:
-    if sampler.kind is SamplerKind.DDPM:
-        return DDPMSampler(config, sampler.ddpm_steps)
-    if sampler.kind is SamplerKind.DDIM:
-        return DDIMSampler(config, sampler.ddim_steps)
-    cold: DDPMSampler | DDIMSampler
-    if sampler.rti_cold_start is SamplerKind.DDIM:
-        cold = DDIMSampler(config, sampler.ddim_steps)
-    else:
-        cold = DDPMSampler(config, sampler.ddpm_steps)
-    return RTISampler(config, sampler.rti_timesteps, cold)
+    """The sampler a config describes: each kind's config builds its own (`SamplerConfig.build`)."""
+    return sampler.build(config)

@@ -35,10 +35,9 @@ from sop.episode import (
 )
 from sop.normalization import NormalizationStats
 from sop.policies.configuration_diffusion import (
+    DDIMSamplerConfig,
     DiffusionPolicyConfig,
     InstructionEncoderKind,
-    SamplerConfig,
-    SamplerKind,
 )
 from sop.policies.modeling_diffusion import DiffusionPolicy
 from sop.training.trainer import BCTrainer, OptimizerConfig
@@ -46,7 +45,7 @@ from sop.training.trainer import BCTrainer, OptimizerConfig
 StartLearner = Callable[..., RunningLearner]
 TASK = "reach-v3"
 ENV = EnvConfig(max_episode_steps=150)
-SAMPLER = SamplerConfig(kind=SamplerKind.DDIM, ddim_steps=10)
+SAMPLER = DDIMSamplerConfig(steps=10)
 EVAL_EPISODES = 20
 
 

@@ -1,4 +1,5 @@
-"""The demo's `learner:` mapping: any key of configs/learner.yaml, passed through to `sop learner serve`."""
+"""The demo's `learner:` mapping: any key of configs/learner.yaml, passed through to `sop learner serve`; its
+`sampler:`, the policy's typed sampler config, passed through to the robots and the evaluation."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import pytest
 
 from benchmarks.fleet import FleetBenchConfig
 from benchmarks.soak import SoakBenchConfig
-from fleet_harness.demo import FleetDemoConfig, learner_config, learner_training_args
-from sop.config import ConfigError, parse_config
+from fleet_harness.demo import FleetDemoConfig, learner_config, learner_training_args, sampler_flags
+from sop.config import ConfigError, config_from_dict, parse_config
+from sop.policies import DDIMColdStartConfig, DDIMSamplerConfig, RTISamplerConfig
 
 
 def _trainer_figures(overrides: dict[str, object]) -> tuple[int, int, int, float]:
@@ -54,3 +56,41 @@ def test_a_bad_or_harness_owned_learner_key_stops_before_anything_starts() -> No
         parse_config(FleetDemoConfig, ["--learner.trainer.batch_sise", "32"], default_config="demo.yaml")
     with pytest.raises(ConfigError, match=r"learner\.trainer\.base_checkpoint: the harness sets this"):
         parse_config(FleetDemoConfig, ["--learner.trainer.base_checkpoint", "x"], default_config="demo.yaml")
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "demo_quick.yaml"])
+def test_the_demo_configs_still_sample_with_ddim_10(name: str) -> None:
+    assert parse_config(FleetDemoConfig, [], default_config=name).sampler == DDIMSamplerConfig(steps=10)
+    assert (
+        parse_config(FleetBenchConfig, [], default_config="bench_fleet.yaml").fleet.sampler
+        == DDIMSamplerConfig()
+    )
+    assert (
+        parse_config(SoakBenchConfig, [], default_config="bench_soak.yaml").fleet().sampler
+        == DDIMSamplerConfig()
+    )
+
+
+def test_the_sampler_reaches_the_robots_and_the_evaluation_as_it_is_configured() -> None:
+    from robot_client.config import RobotConfig
+    from sim.evaluate import EvalConfig
+
+    sampler = RTISamplerConfig(timesteps=(3, 1, 0), cold_start=DDIMColdStartConfig(steps=4), seed=2)
+    for chosen in (DDIMSamplerConfig(), sampler):
+        robot = parse_config(
+            RobotConfig, ["--config", "robot.yaml", *sampler_flags("policy.sampler", chosen)]
+        )
+        assert robot.policy.sampler == chosen
+        evaluation = parse_config(EvalConfig, ["--checkpoint", "ckpt", *sampler_flags("sampler", chosen)])
+        assert evaluation.sampler == chosen
+
+
+def test_a_run_folder_from_before_the_typed_sampler_still_loads() -> None:
+    # config.json of a demo or fleet-bench run written while `sampler` was a bare kind name
+    assert (
+        config_from_dict(FleetDemoConfig, {"tasks": ["reach-v3"], "sampler": "ddim"}).sampler
+        == DDIMSamplerConfig()
+    )
+    ran = config_from_dict(FleetBenchConfig, {"fleet": {"tasks": ["reach-v3"], "sampler": "rti"}})
+    assert ran.fleet.sampler == RTISamplerConfig()
+    assert FleetDemoConfig(sampler="ddim").sampler == DDIMSamplerConfig()  # type: ignore[arg-type]

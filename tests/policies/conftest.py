@@ -8,7 +8,12 @@ import torch
 
 from sop.episode import ACTION, STATE
 from sop.normalization import NormalizationStats
-from sop.policies.configuration_diffusion import DiffusionPolicyConfig, GripperMode, SamplerConfig
+from sop.policies.configuration_diffusion import (
+    DiffusionPolicyConfig,
+    GripperMode,
+    RTISamplerConfig,
+    SamplerConfig,
+)
 from sop.policies.modeling_diffusion import DiffusionPolicy
 
 TASKS = ("reach-v3", "push-v3")
@@ -41,7 +46,7 @@ def tiny_config(**changes: object) -> DiffusionPolicyConfig:
 
 def make_policy(sampler: SamplerConfig | None = None, **changes: object) -> DiffusionPolicy:
     torch.manual_seed(0)
-    return DiffusionPolicy(tiny_config(**changes), make_stats(), sampler or SamplerConfig())
+    return DiffusionPolicy(tiny_config(**changes), make_stats(), sampler or RTISamplerConfig())
 
 
 def observation(step: int = 0, task: str = "reach-v3") -> dict[str, object]:

@@ -11,7 +11,13 @@ import torch
 
 from sop.checkpoint import CheckpointError
 from sop.hashing import sha256_hex
-from sop.policies import ObservationError, SamplerConfig, SamplerKind, load_policy
+from sop.policies import (
+    DDIMColdStartConfig,
+    DDIMSamplerConfig,
+    ObservationError,
+    RTISamplerConfig,
+    load_policy,
+)
 from sop.policies.configuration_diffusion import GripperMode
 from sop.policies.modeling_diffusion import DiffusionPolicy
 from sop.policies.samplers import SampleResult, shift_chunk
@@ -40,7 +46,7 @@ class SamplerSpy:
 def test_act_returns_one_action_per_step_and_chunks_every_ta_steps(
     policy_factory: Any, obs_factory: Any
 ) -> None:
-    policy = policy_factory(SamplerConfig(kind=SamplerKind.DDIM, ddim_steps=2))
+    policy = policy_factory(DDIMSamplerConfig(steps=2))
     policy.reset(seed=0)
     for step in range(17):
         action = policy.act(obs_factory(step))
@@ -52,7 +58,7 @@ def test_act_returns_one_action_per_step_and_chunks_every_ta_steps(
 def test_history_is_filled_with_the_first_observation_after_reset(
     policy_factory: Any, obs_factory: Any
 ) -> None:
-    policy = policy_factory(SamplerConfig(kind=SamplerKind.DDIM, ddim_steps=1))
+    policy = policy_factory(DDIMSamplerConfig(steps=1))
     seen: list[list[Any]] = []
     original = policy.predict_chunk
 
@@ -76,9 +82,7 @@ def test_history_is_filled_with_the_first_observation_after_reset(
 
 
 def test_rti_warm_start_is_exactly_the_shifted_previous_chunk(policy_factory: Any, obs_factory: Any) -> None:
-    policy = policy_factory(
-        SamplerConfig(kind=SamplerKind.RTI, rti_timesteps=(2, 1, 0), rti_execution_horizon=3)
-    )
+    policy = policy_factory(RTISamplerConfig(timesteps=(2, 1, 0), execution_horizon=3))
     spy = SamplerSpy(policy)
     policy.reset(seed=0)
     for step in range(9):
@@ -98,7 +102,7 @@ def test_clip_gripper_mode_snaps_the_warm_start_and_rounds_the_command(
     policy_factory: Any, obs_factory: Any
 ) -> None:
     policy = policy_factory(
-        SamplerConfig(kind=SamplerKind.RTI, execution_horizon=8),
+        RTISamplerConfig(execution_horizon=8),
         gripper_mode=GripperMode.CLIP,
         gripper_factor=10.0,
     )
@@ -117,7 +121,7 @@ def test_clip_gripper_mode_snaps_the_warm_start_and_rounds_the_command(
 
 def test_scale_gripper_mode_divides_the_gripper_in_model_space(policy_factory: Any) -> None:
     policy = policy_factory(
-        SamplerConfig(kind=SamplerKind.DDIM, ddim_steps=2),
+        DDIMSamplerConfig(steps=2),
         gripper_mode=GripperMode.SCALE,
         gripper_factor=10.0,
     )
@@ -138,7 +142,7 @@ def test_scale_gripper_mode_divides_the_gripper_in_model_space(policy_factory: A
 def test_hand_back_and_reset_force_a_full_solve(
     policy_factory: Any, obs_factory: Any, interrupt: str
 ) -> None:
-    policy = policy_factory(SamplerConfig(kind=SamplerKind.RTI, execution_horizon=8))
+    policy = policy_factory(RTISamplerConfig(execution_horizon=8))
     for step in range(9):
         policy.act(obs_factory(step))
     assert policy.last_denoiser_calls == 3
@@ -156,9 +160,7 @@ def test_hand_back_and_reset_force_a_full_solve(
 def test_rti_replans_every_step_by_default_and_can_cold_start_with_ddim(
     policy_factory: Any, obs_factory: Any
 ) -> None:
-    policy = policy_factory(
-        SamplerConfig(kind=SamplerKind.RTI, rti_cold_start=SamplerKind.DDIM, ddim_steps=4)
-    )
+    policy = policy_factory(RTISamplerConfig(cold_start=DDIMColdStartConfig(steps=4)))
     calls = []
     for step in range(4):
         policy.act(obs_factory(step))
@@ -168,7 +170,7 @@ def test_rti_replans_every_step_by_default_and_can_cold_start_with_ddim(
 
 
 def test_same_seed_same_actions(policy_factory: Any, obs_factory: Any) -> None:
-    policy = policy_factory(SamplerConfig(kind=SamplerKind.RTI))
+    policy = policy_factory(RTISamplerConfig())
     runs = []
     for seed in (3, 3, 4):
         policy.reset(seed=seed)
@@ -178,7 +180,7 @@ def test_same_seed_same_actions(policy_factory: Any, obs_factory: Any) -> None:
 
 
 def test_predict_chunk_covers_the_future_from_the_current_step(policy_factory: Any, obs_factory: Any) -> None:
-    policy = policy_factory(SamplerConfig(kind=SamplerKind.DDIM, ddim_steps=2))
+    policy = policy_factory(DDIMSamplerConfig(steps=2))
     chunk = policy.predict_chunk(obs_factory(0))
     config = policy.config
     assert chunk.actions.shape == (
@@ -193,7 +195,7 @@ def test_predict_chunk_covers_the_future_from_the_current_step(policy_factory: A
 
 
 def test_bad_observations_are_refused_with_the_key_named(policy_factory: Any, obs_factory: Any) -> None:
-    policy = policy_factory(SamplerConfig(kind=SamplerKind.DDIM, ddim_steps=1))
+    policy = policy_factory(DDIMSamplerConfig(steps=1))
     with pytest.raises(ObservationError, match="'state' has shape"):
         policy.act({"state": np.zeros(5, np.float32), "instruction": "x", "task": "reach-v3"})
     with pytest.raises(ObservationError, match="'state' is missing"):
@@ -203,7 +205,7 @@ def test_bad_observations_are_refused_with_the_key_named(policy_factory: Any, ob
 
 
 def test_image_encoder_path(policy_factory: Any, obs_factory: Any) -> None:
-    policy = policy_factory(SamplerConfig(kind=SamplerKind.DDIM, ddim_steps=1), cameras=("corner2",))
+    policy = policy_factory(DDIMSamplerConfig(steps=1), cameras=("corner2",))
     image = np.random.default_rng(0).integers(0, 255, size=(32, 32, 3), dtype=np.uint8)
     action = policy.act(dict(obs_factory(0), image=image))
     assert action.shape == (4,)
@@ -251,15 +253,13 @@ def test_zero_weight_samples_do_not_affect_the_loss(policy_factory: Any) -> None
 def test_checkpoint_round_trip_gives_identical_actions(
     tmp_path: Path, policy_factory: Any, obs_factory: Any
 ) -> None:
-    policy = policy_factory(SamplerConfig(kind=SamplerKind.DDIM, ddim_steps=3))
+    policy = policy_factory(DDIMSamplerConfig(steps=3))
     policy.version = 7
     directory = policy.save(tmp_path / "ckpt", parent_version=6)
     blob = policy.to_bytes(parent_version=6)
     for loaded in (
-        load_policy(directory, SamplerConfig(kind=SamplerKind.DDIM, ddim_steps=3)),
-        load_policy(
-            blob, SamplerConfig(kind=SamplerKind.DDIM, ddim_steps=3), expected_sha256=sha256_hex(blob)
-        ),
+        load_policy(directory, DDIMSamplerConfig(steps=3)),
+        load_policy(blob, DDIMSamplerConfig(steps=3), expected_sha256=sha256_hex(blob)),
     ):
         assert isinstance(loaded, DiffusionPolicy)
         assert loaded.version == 7 and loaded.parent_version == 6

@@ -38,13 +38,13 @@ def test_bundled_encoder_embeds_offline_and_caches(monkeypatch: pytest.MonkeyPat
 
 
 def test_sentence_conditioned_policy_acts(stats_factory, config_factory) -> None:  # type: ignore[no-untyped-def]
-    from sop.policies import SamplerConfig, SamplerKind
+    from sop.policies import DDIMSamplerConfig
     from sop.policies.modeling_diffusion import DiffusionPolicy
 
     policy = DiffusionPolicy(
         config_factory(instruction_encoder="sentence", tasks=()),
         stats_factory(),
-        SamplerConfig(kind=SamplerKind.DDIM, ddim_steps=1),
+        DDIMSamplerConfig(steps=1),
     )
     observation = {
         "state": np.zeros(39, np.float32),

@@ -1,11 +1,25 @@
-"""Samplers: shapes, call counts, determinism, and the RTI warm start (shift, gripper snapping)."""
+"""Samplers: shapes, call counts, determinism, the RTI warm start (shift, gripper snapping), and the sampler
+configs (a choice per kind, each building its sampler; the older flat spelling still loads)."""
 
 from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
 
-from sop.policies.configuration_diffusion import DiffusionPolicyConfig, SamplerConfig, SamplerKind
+from sop.config import ConfigError, config_from_dict, config_to_dict
+from sop.policies.configuration_diffusion import (
+    DDIMColdStartConfig,
+    DDIMSamplerConfig,
+    DDPMColdStartConfig,
+    DDPMSamplerConfig,
+    DiffusionPolicyConfig,
+    RTISamplerConfig,
+    SamplerConfig,
+    SamplerKind,
+)
 from sop.policies.samplers import (
     DDIMSampler,
     DDPMSampler,
@@ -53,9 +67,11 @@ def test_cold_start_shapes_and_calls(sampler: DDPMSampler | DDIMSampler | RTISam
     assert denoiser.timesteps[-1] == 0
 
 
-@pytest.mark.parametrize("kind", list(SamplerKind))
-def test_same_seed_same_chunk(kind: SamplerKind) -> None:
-    sampler = make_sampler(CONFIG, SamplerConfig(kind=kind, ddim_steps=5))
+@pytest.mark.parametrize(
+    "sampler_config", [DDPMSamplerConfig(), DDIMSamplerConfig(steps=5), RTISamplerConfig()], ids=str
+)
+def test_same_seed_same_chunk(sampler_config: SamplerConfig) -> None:
+    sampler = make_sampler(CONFIG, sampler_config)
     runs = [
         sampler.sample(
             RecordingDenoiser(), SHAPE, torch.Generator().manual_seed(seed), torch.device("cpu")
@@ -120,9 +136,100 @@ def test_clip_variant_snaps_the_gripper_of_the_warm_start() -> None:
 
 
 def test_sampler_config_validation_names_the_field() -> None:
-    with pytest.raises(ValueError, match="rti_timesteps must be strictly decreasing"):
-        SamplerConfig(rti_timesteps=(0, 1, 2))
-    with pytest.raises(ValueError, match="kind is 'fast'"):
-        SamplerConfig(kind="fast")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="rti_timesteps must lie in"):
+    with pytest.raises(ValueError, match="timesteps must be strictly decreasing"):
+        RTISamplerConfig(timesteps=(0, 1, 2))
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        DDIMSamplerConfig(steps=0)
+    with pytest.raises(ValueError, match="sampler type is 'fast'"):
+        SamplerConfig.of_kind("fast")
+    with pytest.raises(ConfigError, match="fast"):
+        config_from_dict(DiffusionSamplerHolder, {"sampler": {"type": "fast"}})
+    with pytest.raises(ValueError, match="RTI timesteps must lie in"):
         RTISampler(CONFIG, (100, 0))
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionSamplerHolder:
+    """A config with a sampler section, as the robot's, the evaluation's and the fleet harness's have."""
+
+    sampler: SamplerConfig = dataclasses.field(default_factory=RTISamplerConfig)
+
+
+def test_each_sampler_config_builds_its_own_sampler() -> None:
+    assert isinstance(make_sampler(CONFIG, DDPMSamplerConfig()), DDPMSampler)
+    ddim = make_sampler(CONFIG, DDIMSamplerConfig(steps=4))
+    assert isinstance(ddim, DDIMSampler) and len(ddim.timesteps) == 4
+    rti = make_sampler(CONFIG, RTISamplerConfig(timesteps=(1, 0), cold_start=DDIMColdStartConfig(steps=3)))
+    assert isinstance(rti, RTISampler) and rti.timesteps == [1, 0]
+    assert isinstance(rti.cold_start, DDIMSampler) and len(rti.cold_start.timesteps) == 3
+    default = RTISamplerConfig()  # RTI-DP: (2, 1, 0) on warm starts, full DDPM at a cold start, Ta 1
+    assert (default.timesteps, default.cold_start, default.execution_horizon) == (
+        (2, 1, 0),
+        DDPMColdStartConfig(),
+        1,
+    )
+    assert [SamplerConfig.of_kind(kind).type for kind in SamplerKind] == ["ddpm", "ddim", "rti"]
+    assert SamplerConfig.of_kind("ddim") == DDIMSamplerConfig(steps=10)
+
+
+def test_sampler_configs_round_trip_with_their_type() -> None:
+    for sampler in (DDPMSamplerConfig(steps=50), DDIMSamplerConfig(steps=3, seed=2), RTISamplerConfig()):
+        encoded = config_to_dict(sampler)
+        assert encoded["type"] == sampler.type
+        assert config_from_dict(DiffusionSamplerHolder, {"sampler": encoded}).sampler == sampler
+    assert config_from_dict(DiffusionSamplerHolder, {}).sampler == RTISamplerConfig()
+    assert config_from_dict(DiffusionSamplerHolder, {"sampler": {"seed": 3}}).sampler == RTISamplerConfig(
+        seed=3
+    )
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [
+        # the fleet harness's `sampler: ddim` (run folders' config.json) -> that kind's defaults
+        ("ddim", DDIMSamplerConfig()),
+        # the flat form robot.yaml had, with every kind's fields
+        (
+            {
+                "kind": "rti",
+                "ddpm_steps": None,
+                "ddim_steps": 10,
+                "rti_timesteps": [2, 1, 0],
+                "rti_execution_horizon": 1,
+                "rti_cold_start": "ddpm",
+                "execution_horizon": None,
+                "seed": 0,
+            },
+            RTISamplerConfig(),
+        ),
+        (
+            {"kind": "rti", "rti_timesteps": [3, 1, 0], "rti_cold_start": "ddim", "ddim_steps": 4},
+            RTISamplerConfig(timesteps=(3, 1, 0), cold_start=DDIMColdStartConfig(steps=4)),
+        ),
+        (  # an explicit execution_horizon overrode RTI's own
+            {"kind": "rti", "execution_horizon": 8, "rti_execution_horizon": 2},
+            RTISamplerConfig(execution_horizon=8),
+        ),
+        ({"kind": "rti", "rti_execution_horizon": 2}, RTISamplerConfig(execution_horizon=2)),
+        (
+            {"kind": "ddim", "ddim_steps": 4, "rti_timesteps": [2, 1, 0], "seed": 5},
+            DDIMSamplerConfig(steps=4, seed=5),
+        ),
+        (
+            {"kind": "ddpm", "ddpm_steps": 50, "execution_horizon": 4},
+            DDPMSamplerConfig(steps=50, execution_horizon=4),
+        ),
+    ],
+)
+def test_a_sampler_stored_in_the_older_spelling_still_loads(stored: object, expected: SamplerConfig) -> None:
+    assert config_from_dict(DiffusionSamplerHolder, {"sampler": stored}).sampler == expected
+
+
+def test_an_older_flat_sampler_in_a_config_file_still_loads(tmp_path: Path) -> None:
+    from sop.config import parse_config
+
+    path = tmp_path / "old.yaml"
+    path.write_text("sampler:\n  kind: ddim\n  ddim_steps: 4\n  rti_timesteps: [2, 1, 0]\n")
+    assert parse_config(DiffusionSamplerHolder, ["--config", str(path)]).sampler == DDIMSamplerConfig(steps=4)
+    switched = parse_config(DiffusionSamplerHolder, ["--config", str(path), "--sampler.type", "rti"])
+    assert switched.sampler == RTISamplerConfig()

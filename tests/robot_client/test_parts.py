@@ -143,23 +143,23 @@ def test_channel_sends_the_robot_token(tmp_path: object) -> None:
 
 
 def test_the_robot_sampler_is_the_policys_typed_sampler_config() -> None:
-    from sop.policies import SamplerConfig, SamplerKind
+    from sop.policies import DDIMColdStartConfig, DDIMSamplerConfig, RTISamplerConfig
 
     shipped = parse_config(RobotConfig, ["--config", "configs/robot.yaml"])
-    assert shipped.policy.sampler == SamplerConfig() == RobotConfig().policy.sampler  # RTI, as before
+    assert shipped.policy.sampler == RTISamplerConfig() == RobotConfig().policy.sampler  # RTI, as before
+    # Another kind on the command line starts from that kind's defaults: the file's RTI keys do not apply.
     tuned = parse_config(
         RobotConfig,
-        [
-            "--config",
-            "configs/robot.yaml",
-            "--policy.sampler.kind",
-            "ddim",
-            "--policy.sampler.ddim_steps",
-            "4",
-        ],
+        ["--config", "configs/robot.yaml", "--policy.sampler.type", "ddim", "--policy.sampler.steps", "5"],
     )
-    assert (tuned.policy.sampler.kind, tuned.policy.sampler.ddim_steps) == (SamplerKind.DDIM, 4)
-    rti = parse_config(RobotConfig, ["--policy.sampler.rti_timesteps", "3,1,0"])
-    assert rti.policy.sampler.rti_timesteps == (3, 1, 0)
-    with pytest.raises(ConfigError, match="rti_timesteps"):
-        parse_config(RobotConfig, ["--policy.sampler.rti_timesteps", "0,1"])
+    assert tuned.policy.sampler == DDIMSamplerConfig(steps=5)
+    rti = parse_config(RobotConfig, ["--policy.sampler.timesteps", "3,1,0"])
+    assert rti.policy.sampler == RTISamplerConfig(timesteps=(3, 1, 0))
+    cold = parse_config(
+        RobotConfig, ["--config", "configs/robot.yaml", "--policy.sampler.cold_start.type", "ddim"]
+    )
+    assert cold.policy.sampler == RTISamplerConfig(cold_start=DDIMColdStartConfig(steps=10))
+    with pytest.raises(ConfigError, match="timesteps"):
+        parse_config(RobotConfig, ["--policy.sampler.timesteps", "0,1"])
+    with pytest.raises(ConfigError, match="steps"):  # DDIM's key on the file's RTI sampler
+        parse_config(RobotConfig, ["--config", "configs/robot.yaml", "--policy.sampler.steps", "5"])

@@ -14,7 +14,7 @@ from robot_fakes import ConfigFactory, FakePolicy, FakeRobot, fake_blob, fake_po
 
 from cloud_learner.config import AuthConfig, LearnerConfig, ServerConfig, TrainerConfig
 from cloud_learner.service import LearnerService
-from robot_client.config import ControlConfig, PolicyConfig
+from robot_client.config import ControlConfig, PolicyConfig, SwapPoint
 from robot_client.daemon import RobotDaemon
 from sop.episode import ACTION, POLICY_VERSION
 from sop.fleet_trust import FleetTrust, create_fleet_trust
@@ -66,7 +66,7 @@ def test_chunk_boundary_swaps_land_on_chunk_starts(learner: FakeLearner, robot_c
     config = robot_config(
         learner.address,
         control=ControlConfig(rate_hz=200.0, max_episode_steps=300),
-        policy=PolicyConfig(swap_at="chunk"),
+        policy=PolicyConfig(swap_at=SwapPoint.CHUNK),
     )
     daemon = make_daemon(config)
     daemon.start(max_episodes=1)

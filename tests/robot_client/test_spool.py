@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from robot_fakes import ConfigFactory, FakePolicy, FakeRobot, ScriptedOperator, leave_partial_episode
 
-from robot_client.config import SpoolConfig
+from robot_client.config import PartialEpisodePolicy, SpoolConfig
 from robot_client.daemon import RobotDaemon
 from robot_client.metrics import RobotMetrics
 from robot_client.recorder import EpisodeRecorder, Spool
@@ -44,7 +44,7 @@ def test_a_partial_episode_is_recovered_as_aborted(robot_config: ConfigFactory) 
 
 def test_a_partial_episode_is_discarded_when_configured(robot_config: ConfigFactory) -> None:
     config = robot_config(None)
-    config = replace(config, spool=replace(config.spool, partial_episodes="discard"))
+    config = replace(config, spool=replace(config.spool, partial_episodes=PartialEpisodePolicy.DISCARD))
     leave_partial_episode(config.spool_dir, steps=7)
     metrics = RobotMetrics("robot-1")
     spool = Spool(config.spool_dir, config.quarantine_dir, config.spool, metrics)

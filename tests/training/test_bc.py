@@ -192,7 +192,7 @@ def test_briefly_trained_policy_solves_reach_on_held_out_seeds(tmp_path: Path) -
     sampler runs on the same policy with 3 denoiser calls per warm-started chunk."""
     from sim.demonstrations import record_demonstrations
     from sim.evaluate import EVAL_SEED_OFFSET, evaluate_policy
-    from sop.policies import SamplerConfig, SamplerKind
+    from sop.policies import DDIMSamplerConfig, RTISamplerConfig
 
     store = EpisodeStore(tmp_path / "store", durable=False)
     for episode in record_demonstrations("reach-v3", 20, seed=0):
@@ -209,11 +209,11 @@ def test_briefly_trained_policy_solves_reach_on_held_out_seeds(tmp_path: Path) -
         )
     )
     policy = result.policy
-    policy.set_sampler(SamplerConfig(kind=SamplerKind.DDIM, ddim_steps=10))
+    policy.set_sampler(DDIMSamplerConfig(steps=10))
     report = evaluate_policy(policy, ["reach-v3"], episodes=10, seed_offset=EVAL_SEED_OFFSET)
     assert report["tasks"]["reach-v3"]["success_rate"] >= 0.8, report
 
-    policy.set_sampler(SamplerConfig(kind=SamplerKind.RTI, rti_timesteps=(2, 1, 0)))
+    policy.set_sampler(RTISamplerConfig(timesteps=(2, 1, 0)))
     rti = evaluate_policy(policy, ["reach-v3"], episodes=2, seed_offset=EVAL_SEED_OFFSET)
     assert rti["denoiser_calls_per_chunk_median"] == 3
     assert rti["tasks"]["reach-v3"]["chunks"] > 2 * 10  # re-planned every step

@@ -30,9 +30,9 @@ def test_eval_command_writes_per_task_results(tmp_path: Path) -> None:
         str(tmp_path / "ckpt"),
         "--episodes",
         "2",
-        "--sampler",
+        "--sampler.type",
         "ddim",
-        "--ddim_steps",
+        "--sampler.steps",
         "2",
     ]
     assert main([*argv, "--max_steps", "10", "--json", str(out)]) == 0
