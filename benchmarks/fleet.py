@@ -45,6 +45,7 @@ from typing import Any
 from rich.console import Console
 
 from benchmarks.machine import describe_machine
+from benchmarks.reporting import repo_relative
 from fleet_harness.demo import (
     EVAL_SEED_OFFSET,
     FleetDemoConfig,
@@ -62,7 +63,6 @@ from sop.config import config_from_dict, parse_config
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 OFFLINE_DEMO_SEED = 500_000  # extra demonstrations: disjoint from base demos, robots and held-out seeds
 
 
@@ -568,7 +568,7 @@ def write_markdown(path: Path, config: FleetBenchConfig, results: dict[str, Any]
     sizes = ", ".join(str(n) for n in sorted(config.robots))
     at = f"at {fleet.robot_rate_hz:g} Hz" if fleet.robot_rate_hz > 0 else "free-running"
     # BENCHMARKS.md (the repository root) embeds this section: link the plot from there.
-    link = os.path.relpath(image.resolve(), REPO_ROOT)
+    link = repo_relative(image)
     text = f"""## {title}: {sizes} robot{"s" if config.robots != [1] else ""} {at}
 
 Command: `{reproducing_command(config)}` (configs/bench_fleet.yaml: {", ".join(fleet.tasks)}, base policy

@@ -8,12 +8,20 @@ benchmark writes one markdown section holding the command that reproduces it, th
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def repo_relative(path: Path) -> str:
+    """`path` relative to the repository root, as BENCHMARKS.md links it."""
+    return os.path.relpath(path.resolve(), REPO_ROOT)
 
 
 def time_once(run: Callable[..., object], *args: object) -> float:

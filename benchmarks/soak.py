@@ -59,6 +59,7 @@ import numpy as np
 from rich.console import Console
 
 from benchmarks.machine import describe_machine, load_average
+from benchmarks.reporting import repo_relative
 from fleet_harness.demo import (
     BasePolicyConfig,
     FleetDemoConfig,
@@ -81,7 +82,6 @@ from sop.policies.configuration_diffusion import (
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
 
 
@@ -830,7 +830,7 @@ def write_markdown(path: Path, config: SoakBenchConfig, results: dict[str, Any],
     image = path.with_suffix(".png")
     if plot.resolve() != image.resolve():
         shutil.copyfile(plot, image)
-    link = os.path.relpath(image.resolve(), REPO_ROOT)
+    link = repo_relative(image)
     unet = list(config.base.policy.down_dims)
     trainer = learner_config(config.learner).trainer
     how = (

@@ -92,6 +92,13 @@ def rolling_mean(values: Iterable[float], window: int) -> np.ndarray:
     return out
 
 
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_run(
     run_dir: Path,
     events: list[EpisodeEvent],
@@ -126,10 +133,7 @@ def plot_run(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Success of the fleet's policy during online post-training")
-    fig.tight_layout()
-    written.append(plots / "success.png")
-    fig.savefig(written[-1], dpi=100)
-    plt.close(fig)
+    written.append(_save(fig, plots / "success.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for task, task_events in sorted(by_task.items()):
@@ -140,10 +144,7 @@ def plot_run(
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    written.append(plots / "interventions.png")
-    fig.savefig(written[-1], dpi=100)
-    plt.close(fig)
+    written.append(_save(fig, plots / "interventions.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for robot_id in sorted({e.robot_id for e in events}):
@@ -163,10 +164,7 @@ def plot_run(
     ax.set(xlabel="wall time (min)", ylabel="policy version")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    written.append(plots / "policy_versions.png")
-    fig.savefig(written[-1], dpi=100)
-    plt.close(fig)
+    written.append(_save(fig, plots / "policy_versions.png"))
     return written
 
 
