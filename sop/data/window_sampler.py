@@ -341,7 +341,9 @@ class WindowSampler:
             count = min(int(np.searchsorted(-left_after, -bound * EVICTION_LOW_WATER)) + 1, len(episodes) - 1)
             evicted.append(episodes[:count])
         if evicted:
-            self._compact(np.concatenate(evicted))
+            dropped = np.concatenate(evicted)
+            self._compact(dropped)
+            self.num_evicted += len(dropped)
 
     def _compact(self, evicted: np.ndarray) -> None:
         """Under the lock: rebuild the index without the `evicted` episodes and without any episode no group
@@ -362,9 +364,8 @@ class WindowSampler:
         self._groups = {key: group.kept(keep, new_row, new_episode) for key, group in self._groups.items()}
         self._episodes = [info for info, kept in zip(self._episodes, keep, strict=True) if kept]
         self._position = {info.episode_id: index for index, info in enumerate(self._episodes)}
-        self._offsets = np.concatenate([[0], np.cumsum(steps[keep])[:-1]]).astype(np.int64).tolist()
+        self._offsets = np.concatenate([[0], np.cumsum(steps[keep])])[:-1].astype(np.int64).tolist()
         self._num_rows = int(row_kept.sum())
-        self.num_evicted += len(evicted)
 
     def refresh(self) -> int:
         """Index episodes committed to the store since the last call; returns how many were added.
@@ -457,7 +458,6 @@ class WindowSampler:
                 return  # evicted or dropped meanwhile
             info = self._episodes[position]
             self._compact(np.array([position], np.int64))
-            self.num_evicted -= 1  # dropped, not evicted by the bound
         if isinstance(error, EpisodeNotFoundError):
             return  # deleted under us: nothing to quarantine
         self._refuse(info, error)

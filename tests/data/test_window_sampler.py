@@ -7,7 +7,7 @@ import pytest
 
 from sop.data.episode_store import EpisodeInfo, EpisodeStore
 from sop.data.synthetic_episodes import make_episode
-from sop.data.window_sampler import WindowSampler
+from sop.data.window_sampler import NoSampleableFramesError, WindowSampler
 from sop.episode import ACTION, STATE, Source
 
 
@@ -253,3 +253,21 @@ def test_episodes_without_a_sampleable_frame_are_not_held(store: EpisodeStore) -
     sampler = WindowSampler(store, 2, 3, autonomous_frame_weight=0.0)
     assert sampler.held_frames() == 20 and sampler.num_frames() == 3
     assert sampler.refresh() == 0  # both were seen; neither is indexed again
+
+
+def test_episodes_indexed_after_the_only_one_was_dropped_sample_their_own_frames(store: EpisodeStore) -> None:
+    """Dropping every held episode empties the index; windows of episodes indexed later still come from them."""
+    breaks = store.append(make_episode(6, seed=1, image_size=(4, 4), started_at=1e9)).episode_id
+    sampler = WindowSampler(store, 1, 1, image_keys=["top"], on_unusable="quarantine")
+    corrupt_chunks(store, breaks, "observation.images.top")
+    store.append(make_episode(7, seed=2, image_size=(4, 4), started_at=2e9))
+    store.append(make_episode(8, seed=3, image_size=(4, 4), started_at=3e9))
+    with pytest.raises(NoSampleableFramesError):  # the image read fails, the only episode is dropped
+        sampler.sample(8, np.random.default_rng(0))
+    assert sampler.held_frames() == 0 and sampler.num_quarantined == 1
+    assert sampler.refresh() == 2
+    batch = sampler.sample(200, np.random.default_rng(1))
+    assert len(set(batch["episode_id"])) == 2
+    for b, episode_id in enumerate(batch["episode_id"]):
+        frames = store.read_columns(episode_id, [STATE])[STATE]
+        assert np.array_equal(batch[STATE][b, 0], frames[batch["frame_index"][b]])
