@@ -233,6 +233,7 @@ class WindowSampler:
         self._offsets: list[int] = []  # first flat row of each held episode
         self._flat: dict[str, _GrowingArray] = {}  # low-dim columns of all episodes, end to end
         self._groups: dict[tuple[str, str], _Group] = {}
+        self._held_rows: dict[tuple[str, str], int] = {}  # frames of each group's held episodes
         self._num_rows = 0
         self.refresh()
 
@@ -305,8 +306,10 @@ class WindowSampler:
         self._offsets.append(self._num_rows)
         for key in LOWDIM_KEYS:
             self._flat[key].append(columns[key])
-        group = self._groups.setdefault((info.task, str(info.source)), _Group())
+        group_key = (info.task, str(info.source))
+        group = self._groups.setdefault(group_key, _Group())
         group.append(self._num_rows + frames, episode_index, weights[frames])
+        self._held_rows[group_key] = self._held_rows.get(group_key, 0) + info.num_steps
         self._num_rows += info.num_steps
 
     # -- the frame bound ---------------------------------------------------------------------------------
@@ -318,8 +321,8 @@ class WindowSampler:
         """Frames held in memory (every frame of each held episode, sampleable or not)."""
         with self._lock:
             return sum(
-                int(self._held_steps(group.held_episodes()).sum())
-                for (group_task, group_source), group in self._groups.items()
+                rows
+                for (group_task, group_source), rows in self._held_rows.items()
                 if (task is None or group_task == task) and (source is None or group_source == str(source))
             )
 
@@ -329,13 +332,11 @@ class WindowSampler:
         if bound is None:
             return
         evicted: list[np.ndarray] = []
-        for (_, source), group in self._groups.items():
-            if source != Source.ONLINE.value:
-                continue
+        for key, group in self._groups.items():
+            if key[1] != Source.ONLINE.value or self._held_rows.get(key, 0) <= bound:
+                continue  # the common case costs a dict lookup, not a pass over the group
             episodes = group.held_episodes()  # indices grow with indexing order: oldest first
             steps = self._held_steps(episodes)
-            if steps.sum() <= bound:
-                continue
             # Evict the shortest prefix that leaves at most the low-water mark; the newest always stays.
             left_after = steps.sum() - np.cumsum(steps)
             count = min(int(np.searchsorted(-left_after, -bound * EVICTION_LOW_WATER)) + 1, len(episodes) - 1)
@@ -364,6 +365,9 @@ class WindowSampler:
         self._groups = {key: group.kept(keep, new_row, new_episode) for key, group in self._groups.items()}
         self._episodes = [info for info, kept in zip(self._episodes, keep, strict=True) if kept]
         self._position = {info.episode_id: index for index, info in enumerate(self._episodes)}
+        self._held_rows = {
+            key: int(self._held_steps(group.held_episodes()).sum()) for key, group in self._groups.items()
+        }
         self._offsets = np.concatenate([[0], np.cumsum(steps[keep])])[:-1].astype(np.int64).tolist()
         self._num_rows = int(row_kept.sum())
 
