@@ -11,6 +11,7 @@ Everything the learner writes lives under `run_dir` so that a restart with the s
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,6 +218,20 @@ class IngestConfig:
         )
 
 
+class MixingLossScale(enum.StrEnum):
+    """What SOP's mixing rule reads as L: the raw losses, or each divided by the task's scale.
+
+    SOP's rule was written for a large flow-matching VLA whose losses are of order one. A small diffusion
+    policy's losses are 0.04-0.15, where exp(a L) is ~1 for both sources and the share sits at 0.5 whatever
+    the data. `task_mean` divides both of a task's losses by their mean, so the rule acts on their ratio at
+    any scale: equal losses give sigmoid(a - 1) (0.62 online at a = 1.5), online twice the offline loss
+    0.79, half of it 0.42.
+    """
+
+    RAW = "raw"
+    TASK_MEAN = "task_mean"
+
+
 @dataclass(frozen=True)
 class ReplayConfig:
     """What the trainer samples: offline demonstrations and online episodes, mixed per task as in SOP."""
@@ -228,6 +243,8 @@ class ReplayConfig:
     # SOP mixing: w_on = exp(a L_on) / (exp(a L_on) + exp(L_off)), clipped to [min, max] online share.
     adaptive_mixing: bool = True
     mixing_alpha: float = 1.5
+    # raw: the paper's L; task_mean: each task's two losses divided by their mean (see MixingLossScale).
+    mixing_loss_scale: MixingLossScale = MixingLossScale.TASK_MEAN
     # L_on and L_off are the mean per-sample losses over the last this-many trainer steps.
     loss_window_steps: int = 200
     min_online_share: float = 0.2
@@ -241,6 +258,13 @@ class ReplayConfig:
     max_online_frames_per_task: int | None = 1_000_000
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "mixing_loss_scale", MixingLossScale(self.mixing_loss_scale))
+        except ValueError:
+            raise ValueError(
+                f"replay.mixing_loss_scale is {self.mixing_loss_scale!r}, expected one of "
+                f"{[m.value for m in MixingLossScale]}"
+            ) from None
         _positive("replay", mixing_alpha=self.mixing_alpha, loss_window_steps=self.loss_window_steps)
         if self.max_online_frames_per_task is not None:
             _positive("replay", max_online_frames_per_task=self.max_online_frames_per_task)

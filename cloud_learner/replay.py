@@ -8,7 +8,9 @@ Sampling (SOP's mixing rule, from the SOP paper, Scalable Online Post-training, 
 
 - Tasks are weighted equally, whatever their episode counts.
 - Within task m, the online share is w_on = exp(a L_on) / (exp(a L_on) + exp(L_off)), with L the mean
-  per-sample loss of online and offline samples over the last `replay.loss_window_steps` trainer steps, a =
+  per-sample loss of online and offline samples over the last `replay.loss_window_steps` trainer steps,
+  divided by the mean of the two (`replay.mixing_loss_scale: task_mean`; the paper's losses are of order
+  one, a small policy's are not and the raw rule never leaves 0.5), a =
   `replay.mixing_alpha` (> 1 favours online data when both losses are equal), clipped to
   [`min_online_share`, `max_online_share`]. Before both losses are measured the share is
   `initial_online_share`. A task with no trainable online frames yet samples offline only.
@@ -38,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from cloud_learner.algorithms.base import FrameSelection
-from cloud_learner.config import LearnerConfig, ReplayConfig
+from cloud_learner.config import LearnerConfig, MixingLossScale, ReplayConfig
 from sop.data.episode_store import EpisodeInfo, EpisodeStore
 from sop.data.window_sampler import NoSampleableFramesError, WindowSampler
 from sop.episode import EpisodeError, Source
@@ -85,6 +87,10 @@ def import_offline_stores(store: EpisodeStore, roots: Iterable[str | Path]) -> i
 
 def online_share(loss_online: float, loss_offline: float, config: ReplayConfig) -> float:
     """SOP's per-task online share from the two recent mean losses, clipped."""
+    if config.mixing_loss_scale is MixingLossScale.TASK_MEAN:
+        scale = (loss_online + loss_offline) / 2.0
+        if scale > 0:
+            loss_online, loss_offline = loss_online / scale, loss_offline / scale
     # exp(a L_on) / (exp(a L_on) + exp(L_off)) == sigmoid(a L_on - L_off), computed without overflow.
     z = config.mixing_alpha * loss_online - loss_offline
     share = 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))

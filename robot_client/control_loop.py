@@ -10,7 +10,9 @@ free-running mode (simulation) there is no grid: the loop runs as fast as the CP
 Policies. The policy runs its action-chunk queue behind `act()` (RTI warm starts between chunks); the
 loop measures the calls that computed a chunk as inference time. A new checkpoint, loaded in the
 background by PolicySync, is taken from the `PolicySlot` only at an episode boundary (default) or, when
-configured, at an action-chunk boundary, and always starts with a full solve.
+configured, at an action-chunk boundary, and always starts with a cold solve (RTI's `cold_start`). When the
+operator hands control back, the policy continues from the actions the robot executed
+(`Policy.continue_from_actions`): RTI warm-starts from them instead of a cold solve inside the grid.
 
 Bad inputs. A policy that raises, or answers with the wrong shape or a NaN, and an operator command of the
 wrong shape or with a NaN never end the loop: the gate (`intervention_gate.py`) refuses the command, the
@@ -22,6 +24,7 @@ instead of replaying the rest of a NaN chunk or warm-starting from it. The newes
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -54,6 +57,9 @@ from sop.episode import (
     new_episode_id,
 )
 from sop.safe_logging import RateLimitedLog, client_str
+
+# Executed actions kept for a hand-back's warm start (a policy uses its last To-1 of them).
+RECENT_ACTIONS_KEPT = 8
 
 log = logging.getLogger(__name__)
 
@@ -303,6 +309,7 @@ class ControlLoop:
         interventions = 0
         take_overs = 0
         step = 0
+        recent_actions: collections.deque[np.ndarray] = collections.deque(maxlen=RECENT_ACTIONS_KEPT)
         # The first chunk of an episode is a full solve (no warm start yet): it is computed before the
         # grid starts, while the robot stands at its start pose, instead of stalling the first tick.
         first_action: np.ndarray | None = self._propose(observation)
@@ -328,9 +335,9 @@ class ControlLoop:
             if gate.took_over:
                 self.metrics.takeovers.inc()
                 take_overs += 1
-            if gate.handed_back or gate.policy_refused:
-                # Hand-back: the queued chunk assumed a trajectory the robot left. Refused output: the rest
-                # of its chunk (and a warm start from it) is as bad; the next step solves afresh.
+            if gate.policy_refused:
+                # Refused output: the rest of its chunk (and a warm start from it) is as bad; the next step
+                # solves afresh.
                 policy.invalidate_warm_start()
                 self._steps_in_chunk = 0
             if decision.event:
@@ -341,6 +348,12 @@ class ControlLoop:
             self.metrics.action_latency.add(time.perf_counter() - self.pacer.tick_start)
             result = self.robot.step(gate.action)
             executed = result.applied_action if result.applied_action is not None else gate.action
+            recent_actions.append(np.asarray(executed, dtype=np.float32))
+            if gate.handed_back and not gate.policy_refused:
+                # The queued chunk assumed a trajectory the robot left while the operator drove; the next
+                # chunk starts from what was executed (RTI: a warm start, not a full solve in the grid).
+                policy.continue_from_actions(np.stack(recent_actions))
+                self._steps_in_chunk = 0
             record = {
                 STATE: observation.state,
                 ACTION: executed,

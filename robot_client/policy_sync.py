@@ -56,6 +56,8 @@ class Policy(Protocol):
 
     def invalidate_warm_start(self) -> None: ...
 
+    def continue_from_actions(self, executed: np.ndarray) -> None: ...
+
 
 # (blob, expected sha256 or None) -> a ready policy. Raises (CheckpointError or anything) when it cannot.
 PolicyLoader = Callable[[bytes, "str | None"], Policy]

@@ -24,8 +24,10 @@ first observation after `reset()` (the peers' async-inference bug was a history 
 
 Counters (`last_denoiser_calls`, ...) feed the robot's metrics; `version` is the checkpoint version the
 robot records per frame. `invalidate_warm_start()` forces the next chunk to be a full solve and drops the
-queued actions: the robot calls it when the operator hands control back (the arm is no longer where the
-queued chunk assumed) and after swapping in a new policy.
+queued actions: the robot calls it after swapping in a new policy and when the policy's output was refused.
+When the operator hands control back, the arm is no longer where the queued chunk assumed, but the robot
+knows what it just executed: `continue_from_actions(executed)` drops the queue and lets a warm-starting
+sampler (RTI) start the next chunk from those actions instead of a full solve inside the control grid.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class Policy(abc.ABC):
         self._queue: collections.deque[np.ndarray] = collections.deque()
         self._last_chunk: ActionChunk | None = None
         self._warm_start_valid = False
+        self._handoff_warm_start: torch.Tensor | None = None
         self._executed_from_last_chunk = 0
         self.last_denoiser_calls = 0
         self.last_chunk_warm_started = False
@@ -100,6 +103,24 @@ class Policy(abc.ABC):
         self._queue.clear()
         self._last_chunk = None
         self._warm_start_valid = False
+        self._handoff_warm_start = None
+
+    def continue_from_actions(self, executed: np.ndarray | Sequence[np.ndarray]) -> None:
+        """Control comes back after someone else drove: `executed` (k, A) are the last actions the robot
+        executed, oldest first. The queue is dropped; the next chunk warm-starts from those actions where
+        the sampler can (`_warm_start_from_actions`), else it is a full solve."""
+        self.invalidate_warm_start()
+        actions = np.asarray(executed, dtype=np.float32)
+        if actions.ndim != 2 or len(actions) == 0:
+            return
+        guess = self._warm_start_from_actions(actions)
+        if guess is not None:
+            self._handoff_warm_start = guess
+            self._warm_start_valid = True
+
+    def _warm_start_from_actions(self, executed: np.ndarray) -> torch.Tensor | None:
+        """The initial guess for the next chunk when others drove the last steps; None: a full solve."""
+        return None
 
     # ---- acting ------------------------------------------------------------------------------------------
 
@@ -112,7 +133,11 @@ class Policy(abc.ABC):
         else:
             self._history.append(observation)
         if not self._queue:
-            warm_start = self._next_warm_start() if self._warm_start_valid else None
+            warm_start = None
+            if self._handoff_warm_start is not None:
+                warm_start, self._handoff_warm_start = self._handoff_warm_start, None
+            elif self._warm_start_valid:
+                warm_start = self._next_warm_start()
             chunk = self.predict_chunk(list(self._history), warm_start=warm_start)
             executable = chunk.actions[: self.execution_horizon]
             if len(executable) == 0:

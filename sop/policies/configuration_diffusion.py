@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import draccus
 
+from sop.policies.gripper_levels import levels_by_task
+
 if TYPE_CHECKING:
     from sop.policies.samplers import DDIMSampler, DDPMSampler, RTISampler
 
@@ -112,6 +114,13 @@ class DiffusionPolicyConfig:
     )
     gripper_mode: GripperMode = GripperMode.CLIP
     gripper_factor: float = 10.0
+    gripper_levels: tuple[tuple[str, float, float], ...] = field(
+        default=(),
+        metadata={
+            "help": "per task (task, released, closed): the two gripper commands found in the training data "
+            "(sop.policies.gripper_levels); filled in by training, empty: the sign in the network's space"
+        },
+    )
 
     def __post_init__(self) -> None:
         _coerce_enums(
@@ -166,6 +175,16 @@ class DiffusionPolicyConfig:
             raise ValueError(f"gripper_mode {self.gripper_mode.value!r} needs a gripper_index")
         if self.gripper_factor <= 0:
             raise ValueError(f"gripper_factor must be positive, got {self.gripper_factor}")
+        if self.gripper_levels:
+            if self.gripper_index is None:
+                raise ValueError("gripper_levels need a gripper_index")
+            try:
+                levels = levels_by_task(self.gripper_levels)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"gripper_levels: {exc}") from None
+            if len(levels) != len(self.gripper_levels):
+                raise ValueError("gripper_levels name a task twice")
+            object.__setattr__(self, "gripper_levels", tuple(level.as_tuple() for level in levels.values()))
 
     @property
     def gripper_handled(self) -> bool:

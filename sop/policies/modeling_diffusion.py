@@ -38,9 +38,10 @@ from sop.policies.configuration_diffusion import (
     RTISamplerConfig,
     SamplerConfig,
 )
+from sop.policies.gripper_levels import levels_by_task
 from sop.policies.instruction_encoder import shared_sentence_encoder
 from sop.policies.observation_encoders import ObservationEncoder, global_condition_dim
-from sop.policies.samplers import make_ddpm_scheduler, make_sampler, rti_warm_start
+from sop.policies.samplers import make_ddpm_scheduler, make_sampler, rti_warm_start, snap_gripper
 
 POLICY_TYPE = "diffusion"
 
@@ -101,6 +102,8 @@ class DiffusionPolicy(Policy):
         self.noise_scheduler = make_ddpm_scheduler(config)
         if config.instruction_encoder is InstructionEncoderKind.SENTENCE:
             shared_sentence_encoder()  # fail now, with a clear message, rather than on the first action
+        self._gripper_levels = levels_by_task(config.gripper_levels)
+        self._last_task = ""
         self.generator = torch.Generator(device="cpu")
         self.set_sampler(sampler)
 
@@ -262,19 +265,8 @@ class DiffusionPolicy(Policy):
         initial = None if warm_start is None else warm_start.reshape(shape)
         result = self.sampler.sample(denoise, shape, self.generator, self.device, warm_start=initial)
         trajectory = result.trajectory[0]
-        if self.config.gripper_handled:
-            assert self.config.gripper_index is not None
-            # RTI-DP sends a discrete gripper command, the sign of the prediction. The sign is taken in the
-            # network's space, whose ±1 are the two extremes of the gripper in the data: ±1 for a binary
-            # gripper as in RTI-DP, and e.g. "relaxed" vs "grasp" for Meta-World's effort-driven gripper
-            # (where rounding at 0 in environment units would close the hand before it reaches the object).
-            discrete = trajectory.clone()
-            column = discrete[:, self.config.gripper_index]
-            level = 1.0 / self.config.gripper_factor if self.config.gripper_mode is GripperMode.SCALE else 1.0
-            discrete[:, self.config.gripper_index] = torch.where(column > 0.0, level, -level)
-            actions = self.actions_from_model(discrete)
-        else:
-            actions = self.actions_from_model(trajectory)
+        self._last_task = task
+        actions = self._actions_to_send(trajectory, task)
         start = self.config.observation_horizon - 1
         return ActionChunk(
             actions=actions[start:].cpu().numpy().astype(np.float32),
@@ -282,6 +274,63 @@ class DiffusionPolicy(Policy):
             denoiser_calls=result.denoiser_calls,
             warm_started=result.warm_started,
         )
+
+    def _gripper_cut(self, task: str) -> float:
+        """Where "closed" starts for `task`, in the sampler's space: its data's cut, else 0 (the sign)."""
+        levels = self._gripper_levels.get(task)
+        if levels is None or self.config.gripper_index is None:
+            return 0.0
+        command = torch.zeros(self.config.action_dim, device=self.device)
+        command[self.config.gripper_index] = levels.threshold
+        return float(self.actions_to_model(command)[self.config.gripper_index])
+
+    def _actions_to_send(self, trajectory: Tensor, task: str) -> Tensor:
+        """A chunk in environment units; with a handled gripper its command is one of two levels (RTI-DP).
+
+        The cut and the two levels are the task's, found in the training data (`gripper_levels`): a cut at
+        effort 0 for every task would close Meta-World's hand whenever push's expert sends "relaxed" (0).
+        A task without levels takes the sign in the sampler's space, whose ±1 are the data's extremes.
+        """
+        actions = self.actions_from_model(trajectory)
+        index = self.config.gripper_index
+        if not self.config.gripper_handled or index is None:
+            return actions
+        closed = trajectory[:, index] > self._gripper_cut(task)
+        levels = self._gripper_levels.get(task)
+        if levels is not None:
+            actions[:, index] = torch.where(
+                closed, torch.tensor(levels.closed), torch.tensor(levels.released)
+            ).to(actions.dtype)
+            return actions
+        magnitude = 1.0 / self.config.gripper_factor if self.config.gripper_mode is GripperMode.SCALE else 1.0
+        discrete = trajectory.clone()
+        discrete[:, index] = torch.where(closed, magnitude, -magnitude)
+        return self.actions_from_model(discrete)
+
+    def _warm_start_from_actions(self, executed: np.ndarray) -> Tensor | None:
+        """After a hand-back: a chunk made of what the robot executed, in the sampler's space.
+
+        The next chunk spans the last To-1 steps and the future (see `predict_chunk`): its past positions
+        get the executed actions, every later one repeats the last executed action (what the operator was
+        doing), which RTI refines with its K' steps like any shifted chunk. Only for warm-starting samplers.
+        """
+        if not self.sampler.uses_warm_start or executed.shape[-1] != self.config.action_dim:
+            return None
+        past = self.config.observation_horizon - 1
+        rows = list(executed[-past:]) if past > 0 else []
+        rows = [executed[0]] * (past - len(rows)) + rows
+        rows += [executed[-1]] * (self.config.prediction_horizon - len(rows))
+        guess = self.actions_to_model(
+            torch.as_tensor(np.stack(rows), dtype=torch.float32, device=self.device)
+        )
+        if self.config.gripper_mode is GripperMode.CLIP and self.config.gripper_index is not None:
+            guess = snap_gripper(
+                guess,
+                self.config.gripper_index,
+                1.0 / self.config.gripper_factor,
+                self._gripper_cut(self._last_task),
+            )
+        return guess.clamp(-1.0, 1.0)
 
     def _next_warm_start(self) -> Tensor | None:
         if (
@@ -294,7 +343,11 @@ class DiffusionPolicy(Policy):
         if self.config.gripper_mode is GripperMode.CLIP:
             clip_to = 1.0 / self.config.gripper_factor
         return rti_warm_start(
-            self._last_chunk.trajectory, self._executed_from_last_chunk, self.config.gripper_index, clip_to
+            self._last_chunk.trajectory,
+            self._executed_from_last_chunk,
+            self.config.gripper_index,
+            clip_to,
+            gripper_cut=self._gripper_cut(self._last_task),
         )
 
     # ---- checkpoints -------------------------------------------------------------------------------------

@@ -191,11 +191,14 @@ def shift_chunk(trajectory: Tensor, executed_steps: int) -> Tensor:
     return torch.cat([kept, last.repeat(*repeats)], dim=-2)
 
 
-def snap_gripper(trajectory: Tensor, index: int, magnitude: float) -> Tensor:
-    """RTI-DP's "clip" variant: the gripper dimension set to ±magnitude by its sign (>0 -> +)."""
+def snap_gripper(trajectory: Tensor, index: int, magnitude: float, cut: float = 0.0) -> Tensor:
+    """RTI-DP's "clip" variant: the gripper dimension set to cut ± magnitude by its side of the cut (> cut: +).
+
+    The cut is where the task's "closed" starts in the sampler's space (0, the sign, without per-task levels).
+    """
     snapped = trajectory.clone()
     column = snapped[..., index]
-    snapped[..., index] = torch.where(column > 0.0, magnitude, -magnitude).to(snapped.dtype)
+    snapped[..., index] = torch.where(column > cut, cut + magnitude, cut - magnitude).to(snapped.dtype)
     return snapped
 
 
@@ -204,11 +207,12 @@ def rti_warm_start(
     executed_steps: int,
     gripper_index: int | None = None,
     clip_gripper_to: float | None = None,
+    gripper_cut: float = 0.0,
 ) -> Tensor:
     """The initial guess for the next chunk: shifted previous chunk, gripper snapped in the "clip" variant."""
     guess = shift_chunk(previous, executed_steps)
     if gripper_index is not None and clip_gripper_to is not None:
-        guess = snap_gripper(guess, gripper_index, clip_gripper_to)
+        guess = snap_gripper(guess, gripper_index, clip_gripper_to, gripper_cut)
     return guess
 
 

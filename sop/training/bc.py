@@ -27,6 +27,7 @@ from sop.config import config_from_dict, config_to_dict, parse_config
 from sop.episode import ACTION, STATE
 from sop.normalization import NormalizationStats
 from sop.policies.configuration_diffusion import DiffusionPolicyConfig, InstructionEncoderKind
+from sop.policies.gripper_levels import GripperLevels, find_gripper_levels
 from sop.policies.instruction_encoder import sentence_encoder_available
 from sop.policies.modeling_diffusion import DiffusionPolicy
 from sop.training.resume_state import load_training_state, save_training_state
@@ -96,6 +97,15 @@ def _fresh_policy_config(
     )
 
 
+def gripper_levels_from_store(store: Any, tasks: list[str], gripper_index: int) -> tuple[GripperLevels, ...]:
+    """Each task's two gripper commands, from the recorded actions of its episodes in `store`."""
+    actions: dict[str, list[np.ndarray]] = {task: [] for task in tasks}
+    for info in store.list():
+        if info.task in actions:
+            actions[info.task].append(store.read_columns(info.episode_id, [ACTION])[ACTION])
+    return find_gripper_levels(actions, gripper_index)
+
+
 @dataclass
 class TrainResult:
     out: Path
@@ -131,6 +141,15 @@ def train_bc(config: TrainBCConfig) -> TrainResult:
             raise ValueError(f"tasks: {missing} have no episodes in {config.store} (it has {store.tasks()})")
         stats = NormalizationStats.from_store(store, (STATE, ACTION), tasks)
         policy_config = _fresh_policy_config(config, tasks, stats[STATE].dim, stats[ACTION].dim)
+        if policy_config.gripper_index is not None:
+            levels = gripper_levels_from_store(store, tasks, policy_config.gripper_index)
+            policy_config = dataclasses.replace(
+                policy_config, gripper_levels=tuple(level.as_tuple() for level in levels)
+            )
+            log.info(
+                "gripper levels from the data: %s",
+                ", ".join(f"{lv.task} {lv.released:.2f}/{lv.closed:.2f}" for lv in levels),
+            )
 
     torch.manual_seed(config.seed)
     policy = DiffusionPolicy(policy_config, stats, version=config.version, device=device)

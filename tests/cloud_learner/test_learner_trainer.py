@@ -14,7 +14,7 @@ import torch
 from learner_fixtures import RunningLearner, auth, chunks_of, upload, write_base_checkpoint
 
 from cloud_learner.algorithms import FrameSelection, HGDaggerConfig
-from cloud_learner.config import ReplayConfig, TrainerConfig
+from cloud_learner.config import MixingLossScale, ReplayConfig, TrainerConfig
 from cloud_learner.replay import LossMixer, Replay, online_share
 from cloud_learner.trainer import staleness
 from sop.data.episode_store import EpisodeStore
@@ -34,12 +34,31 @@ def intervention_pattern(num_steps: int, start: int, stop: int) -> np.ndarray:
 
 
 def test_online_share_follows_the_sop_formula_and_is_clipped() -> None:
-    config = ReplayConfig(mixing_alpha=2.0)
+    config = ReplayConfig(mixing_alpha=2.0, mixing_loss_scale=MixingLossScale.RAW)
     loss_on, loss_off = 0.3, 0.4
     expected = np.exp(2.0 * loss_on) / (np.exp(2.0 * loss_on) + np.exp(loss_off))
     assert online_share(loss_on, loss_off, config) == pytest.approx(expected)
     assert online_share(50.0, 0.0, config) == 0.8
     assert online_share(0.0, 50.0, config) == 0.2
+
+
+def test_online_share_responds_at_a_small_policys_loss_scale() -> None:
+    """Raw, losses of 0.04-0.15 keep the share at ~0.5; divided by the task's mean loss it follows the ratio."""
+    raw = ReplayConfig(mixing_loss_scale=MixingLossScale.RAW)
+    scaled = ReplayConfig()
+    assert scaled.mixing_loss_scale is MixingLossScale.TASK_MEAN
+    assert abs(online_share(0.10, 0.05, raw) - 0.5) < 0.03
+    # Only the ratio counts: the same ratio at any loss scale gives the same share.
+    for loss_off in (0.05, 0.5, 5.0):
+        assert online_share(2 * loss_off, loss_off, scaled) == pytest.approx(
+            1 / (1 + np.exp(-(1.5 * 4 / 3 - 2 / 3)))
+        )
+    assert online_share(0.10, 0.05, scaled) > 0.75  # online frames fit worse: more of them
+    assert online_share(0.05, 0.10, scaled) < 0.45  # online frames fit better: fewer
+    assert online_share(0.05, 0.05, scaled) == pytest.approx(1 / (1 + np.exp(-0.5)))
+    assert online_share(0.0, 0.0, scaled) == pytest.approx(online_share(0.0, 0.0, raw))
+    with pytest.raises(ValueError, match="mixing_loss_scale"):
+        ReplayConfig(mixing_loss_scale="mean")  # type: ignore[arg-type]
 
 
 def test_loss_mixer_uses_the_last_window_of_steps_per_task() -> None:

@@ -292,3 +292,26 @@ def test_default_model_stays_small_enough_for_the_cpu_budget(stats_factory: Any)
         DiffusionPolicyConfig(instruction_encoder="task", tasks=("reach-v3",)), stats_factory()
     )
     assert sum(p.numel() for p in policy.network.parameters()) < 6_000_000
+
+
+def test_hand_back_warm_starts_rti_from_the_executed_actions(policy_factory: Any, obs_factory: Any) -> None:
+    """No cold solve inside the control grid after a hand-back: RTI refines a chunk made of what was executed."""
+    policy = policy_factory(RTISamplerConfig(timesteps=(2, 1, 0), execution_horizon=1))
+    for step in range(3):
+        policy.act(obs_factory(step))
+    spy = SamplerSpy(policy)
+    executed = np.array([[0.1, -0.2, 0.3, 0.5], [0.2, -0.1, 0.3, 0.5], [0.3, 0.0, 0.3, -0.5]], np.float32)
+    policy.continue_from_actions(executed)
+    policy.act(obs_factory(3))
+    (warm_start,) = spy.warm_starts
+    assert warm_start is not None and policy.last_denoiser_calls == 3 and policy.last_chunk_warm_started
+    guess = policy.actions_from_model(warm_start[0])
+    # To = 2: position 0 is the last executed step; every later one repeats the last executed action.
+    assert torch.allclose(guess, torch.as_tensor(executed[-1]).expand(16, 4), atol=1e-5)
+    # A cold sampler cannot use it: the next chunk is a full solve.
+    cold = policy_factory(DDIMSamplerConfig(steps=2))
+    cold.act(obs_factory(0))
+    cold.continue_from_actions(executed)
+    cold_spy = SamplerSpy(cold)
+    cold.act(obs_factory(1))
+    assert cold_spy.warm_starts == [None]

@@ -106,10 +106,15 @@ class FakePolicy(Policy):
         self.weight_elems = weight_elems
         self.acts = 0
         self.invalidations = 0
+        self.handoffs: list[np.ndarray] = []  # the executed actions each hand-back passed
 
     def invalidate_warm_start(self) -> None:
         self.invalidations += 1
         super().invalidate_warm_start()
+
+    def continue_from_actions(self, executed: Any) -> None:
+        self.handoffs.append(np.array(executed))
+        super().continue_from_actions(executed)
 
     def reseed(self, seed: int) -> None:
         """Its actions are deterministic already: nothing to seed."""

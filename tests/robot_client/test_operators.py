@@ -25,7 +25,7 @@ from sop.episode import ACTION, INTERVENTION, POLICY_ACTION, Outcome
 from sop.v1 import operator_pb2
 
 
-def test_intervention_frames_keep_both_actions_and_hand_back_forces_a_full_solve(
+def test_intervention_frames_keep_both_actions_and_hand_back_continues_from_executed_actions(
     robot_config: ConfigFactory,
 ) -> None:
     policy = FakePolicy(1, execution_horizon=4)
@@ -45,9 +45,12 @@ def test_intervention_frames_keep_both_actions_and_hand_back_forces_a_full_solve
     assert np.allclose(episode.steps[POLICY_ACTION], 0.01)  # the policy kept proposing throughout
     assert np.allclose(episode.steps[ACTION][6:], 0.01)
     assert summary.intervention_steps == 3
-    # Chunks at steps 0, 4, then the hand-back at 6 restarts from a full solve (6, 10): 4 chunks, not 3.
+    # Chunks at steps 0, 4, then the hand-back at 6 drops the queue and restarts (7, 11): 4 chunks, not 3.
     assert policy.chunks_predicted == 4
     assert policy.invalidations >= 2  # reset() at the episode start + the hand-back
+    # The hand-back passed what the robot executed: the operator's actions, then the policy's at step 6.
+    (handoff,) = policy.handoffs
+    assert np.allclose(handoff[-4:-1], 0.5) and np.allclose(handoff[-1], 0.01)
     assert daemon.metrics.snapshot()["takeovers"] == 1
     (logged,) = [json.loads(line) for line in episode_log.read_text().splitlines()]
     assert logged["episode_id"] == info.episode_id
