@@ -60,6 +60,7 @@ from fleet_harness.demo import (
 from fleet_harness.processes import FleetProcesses, ManagedProcess
 from fleet_harness.report import read_episode_events, read_jsonl
 from sop.config import config_from_dict, parse_config
+from sop.success_rate import format_stored_rate
 
 log = logging.getLogger(__name__)
 
@@ -507,6 +508,7 @@ def plot_scaling(path: Path, results: dict[str, Any]) -> Path:
 
 
 def markdown_tables(results: dict[str, Any]) -> str:
+    pooled_n = results["eval_episodes_per_task"] * len(results["tasks"])  # behind each mean held-out success
     lines = [
         "| robots | per-robot env steps to target | vs 1 robot | final success (steps/robot) | episodes | "
         "intervention frames | learner steps | learner steps per robot step |",
@@ -519,7 +521,7 @@ def markdown_tables(results: dict[str, Any]) -> str:
             f"| {size['robots']} | "
             f"{f'not reached (> {size["final_per_robot_steps"]:.0f})' if reached is None else f'{reached:.0f}'} | "
             f"{'-' if ratio is None else f'{bound}{ratio:.2f}x'} | "
-            f"{size['final_success']:.2f} ({size['final_per_robot_steps']:.0f}) | {size['episodes']} | "
+            f"{format_stored_rate(size['final_success'], pooled_n)} ({size['final_per_robot_steps']:.0f}) | {size['episodes']} | "
             f"{size['intervention_frames']} | {size['learner_steps']} | "
             f"{size['learner_steps_per_robot_step']:.3f} |"
         )
@@ -569,6 +571,7 @@ def write_markdown(path: Path, config: FleetBenchConfig, results: dict[str, Any]
     at = f"at {fleet.robot_rate_hz:g} Hz" if fleet.robot_rate_hz > 0 else "free-running"
     # BENCHMARKS.md (the repository root) embeds this section: link the plot from there.
     link = repo_relative(image)
+    pooled_n = results["eval_episodes_per_task"] * len(results["tasks"])  # behind each mean held-out success
     text = f"""## {title}: {sizes} robot{"s" if config.robots != [1] else ""} {at}
 
 Command: `{reproducing_command(config)}` (configs/bench_fleet.yaml: {", ".join(fleet.tasks)}, base policy
@@ -576,7 +579,7 @@ as in the quick demo, learner and robots as separate processes over gRPC, {pace}
 simulated operators). Machine: {results["machine"]}, learner and robots on the same cores.
 Every {config.eval_every_steps} per-robot env steps the newest checkpoint was snapshotted; each snapshot was
 evaluated afterwards on the same {results["eval_episodes_per_task"]} held-out seeded episodes per task (base policy:
-{results["base_success"]:.2f}). Target {results["target"]:.2f}. Wall time {results["wall_s"] / 60:.1f} min.
+{format_stored_rate(results["base_success"], pooled_n)}). Target {results["target"]:.2f}. Wall time {results["wall_s"] / 60:.1f} min.
 
 {markdown_tables(results)}
 

@@ -32,6 +32,7 @@ from benchmarks.reporting import markdown_table, median_seconds, write_report
 from sop.config import parse_config
 from sop.policies import DDIMSamplerConfig, DDPMSamplerConfig, RTISamplerConfig, SamplerConfig, load_policy
 from sop.policies.modeling_diffusion import DiffusionPolicy
+from sop.success_rate import format_rate, format_success
 
 DEFAULT_TASKS = ["reach-v3", "push-v3", "drawer-close-v3", "button-press-topdown-v3"]
 
@@ -175,8 +176,11 @@ def _markdown(
                 f"{row['denoiser_calls_per_chunk_median']:.0f}",
                 f"{row['ms_per_chunk_median']:.1f}",
                 f"{row['ms_per_step_mean']:.2f}",
-                *(f"{row['tasks'][task]['success_rate']:.2f}" for task in config.tasks),
-                f"{row['success_rate']:.3f}",
+                *(
+                    format_rate(row["tasks"][task]["success_rate"], row["tasks"][task]["ci95"])
+                    for task in config.tasks
+                ),
+                format_rate(row["success_rate"], row["ci95"], digits=3),
                 delta,
             ]
         )
@@ -185,7 +189,8 @@ def _markdown(
         "",
         "RTI rows: the first chunk of every episode is a full 100-step DDPM solve (the mean calls per chunk in the "
         "JSON include it); every later chunk starts from the previous one shifted by the executed steps and runs "
-        "only the listed timesteps. ms/chunk is the median time of an `act` call that predicted a chunk.",
+        "only the listed timesteps. ms/chunk is the median time of an `act` call that predicted a chunk. "
+        "Success: rate [Wilson 95 % interval]; the mean's is pooled over every task's episodes.",
     ]
     if peer is not None:
         lines += [
@@ -230,7 +235,7 @@ def run_benchmark(config: RTIBenchConfig) -> tuple[list[dict[str, Any]], dict[st
         report["wall_s"] = time.perf_counter() - row_started
         results.append(report)
         print(
-            f"{row.label:28s} success {report['success_rate']:.3f}  calls/chunk {report['denoiser_calls_per_chunk_median']:.0f}"
+            f"{row.label:28s} success {format_success(report['successes'], report['episodes'], 3)}  calls/chunk {report['denoiser_calls_per_chunk_median']:.0f}"
             f"  {report['ms_per_chunk_median']:.1f} ms/chunk  {report['ms_per_step_mean']:.2f} ms/step  ({report['wall_s']:.0f} s)",
             flush=True,
         )

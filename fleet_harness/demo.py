@@ -15,8 +15,9 @@ What happens, in order:
 3. For `budget_s` the terminal shows each robot's task, episodes, policy version, success and intervention
    rates, and the learner's steps and checkpoints.
 4. Everything stops cleanly (robots first: their spools are flushed; then the learner) — also on Ctrl-C.
-5. The base and the final checkpoint are evaluated on the same held-out seeded episodes (no operator), and the
-   run folder gets `report.md`, plots and `summary.json`.
+5. The base and the final checkpoint are evaluated on the same held-out seeded episodes (no operator), one
+   process per core, and the run folder gets `report.md` (success rates with Wilson 95 % intervals), plots
+   and `summary.json`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from sop.config import ConfigError, config_to_dict, parse_config
 from sop.fleet_trust import FleetTrust, create_fleet_trust, learner_flags, robot_flags
 from sop.hashing import sha256_hex
 from sop.policies.configuration_diffusion import DiffusionPolicyConfig, RTISamplerConfig, SamplerConfig
+from sop.success_rate import SuccessCount, pooled
 from sop.training.trainer import OptimizerConfig
 
 log = logging.getLogger(__name__)
@@ -203,10 +205,15 @@ class FleetDemoConfig:
 # Base policy ----------------------------------------------------------------------------------------------
 
 
+# Bumped when training a base from the same settings gives a different checkpoint (2: per-task gripper levels).
+BASE_RECIPE = 2
+
+
 def base_policy_key(config: FleetDemoConfig) -> str:
     """Everything that shapes the base policy, hashed: a changed setting trains a new one."""
     base = {k: v for k, v in config_to_dict(config.base).items() if k != "cache_dir"}
     shape: dict[str, Any] = {
+        "recipe": BASE_RECIPE,
         "tasks": sorted(config.tasks),
         "base": base,
         "max_episode_steps": config.max_episode_steps,
@@ -270,24 +277,35 @@ def prepare_base_policy(config: FleetDemoConfig, console: Console) -> tuple[Path
 # Evaluation -------------------------------------------------------------------------------------------------
 
 
-def evaluate_checkpoint(source: Path | bytes, config: FleetDemoConfig) -> dict[str, float]:
-    """Autonomous success per task on the held-out seeds (the same seeds for every checkpoint)."""
+def evaluation_workers() -> int:
+    """Evaluation runs after the fleet has stopped, so it may take every core: one process per core."""
+    return max(1, os.cpu_count() or 1)
+
+
+def evaluate_checkpoint(
+    source: Path | bytes, config: FleetDemoConfig, workers: int | None = None
+) -> dict[str, SuccessCount]:
+    """Autonomous successes per task on the held-out seeds (the same seeds for every checkpoint), counted so
+    the report can give each rate its interval; `workers` processes (default: one per core) share the
+    episodes, with the same outcomes as one process would have."""
     import torch
 
-    from sim.evaluate import evaluate_policy
+    from sim.evaluate import evaluate_checkpoint_parallel
     from sim.metaworld_env import EnvConfig
-    from sop.policies import load_policy
 
-    torch.set_num_threads(1)
-    policy = load_policy(source, config.sampler)
-    result = evaluate_policy(
-        policy,
+    torch.set_num_threads(1)  # for workers=1, which evaluates in this process
+    result = evaluate_checkpoint_parallel(
+        source,
+        config.sampler,
         list(config.tasks),
         config.eval_episodes,
         seed_offset=EVAL_SEED_OFFSET,
         env_config=EnvConfig(max_episode_steps=config.max_episode_steps),
+        workers=evaluation_workers() if workers is None else workers,
     )
-    return {task: float(r["success_rate"]) for task, r in result["tasks"].items()}
+    return {
+        task: SuccessCount(int(r["successes"]), int(r["episodes"])) for task, r in result["tasks"].items()
+    }
 
 
 # The live view ------------------------------------------------------------------------------------------------
@@ -562,7 +580,8 @@ def run_fleet_demo(config: FleetDemoConfig, console: Console | None = None) -> d
 
     final_blob, final_version = latest_published(run_dir)
     console.print(
-        f"evaluating base (v0) and final (v{final_version}) on {config.eval_episodes} held-out episodes per task"
+        f"evaluating base (v0) and final (v{final_version}) on {config.eval_episodes} held-out episodes per task "
+        f"({evaluation_workers()} processes)"
     )
     base_eval = evaluate_checkpoint(base_checkpoint, config)
     final_eval = evaluate_checkpoint(final_blob, config) if final_blob is not None else dict(base_eval)
@@ -570,7 +589,15 @@ def run_fleet_demo(config: FleetDemoConfig, console: Console | None = None) -> d
     events = read_episode_events(run_dir, online.started_at)
     train_rows = read_jsonl(run_dir / "learner" / "train.jsonl")
     applied = {rid: row["versions"] for rid, row in online.view.robot_rows().items()}
-    summary = summarize(events, train_rows, base_eval, final_eval, time.monotonic() - wall_start, applied)
+    summary = summarize(
+        events,
+        train_rows,
+        base_eval,
+        final_eval,
+        time.monotonic() - wall_start,
+        applied,
+        sampler=config_to_dict(config.sampler),
+    )
     summary["final_version"] = final_version
     summary["online_started_at"] = online.started_at
     summary["interrupted"] = online.interrupted
@@ -578,8 +605,8 @@ def run_fleet_demo(config: FleetDemoConfig, console: Console | None = None) -> d
     plots = plot_run(run_dir, events, train_rows, online.started_at)
     report = write_report(run_dir, summary, plots)
     console.print(
-        f"mean success on held-out episodes: base {summary['base_mean_success']:.2f} → "
-        f"final {summary['final_mean_success']:.2f}   report: {report}"
+        f"mean success on held-out episodes: base {pooled(base_eval.values())} → "
+        f"final {pooled(final_eval.values())}   report: {report}"
     )
     return summary
 

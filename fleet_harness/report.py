@@ -4,10 +4,15 @@ Inputs (JSON lines written while the fleet runs):
     robots/<robot_id>/episodes.jsonl  one line per finished episode: robot_id, task, outcome, num_steps,
                                       intervention_frames, take_overs, policy_version, ended_at (Unix
                                       time; plotted as seconds since the fleet went online)
-    learner/train.jsonl               one line per logged trainer step: step, loss, time (Unix), and
-                                      published_version when a checkpoint went out
+    learner/train.jsonl               one line per logged trainer step: step, loss, time (Unix),
+                                      mix/<task>/online_share (and mix/<task>/loss_online, loss_offline)
+                                      per task, and published_version when a checkpoint went out
+Held-out success is reported as a rate with its Wilson 95 % interval and n (`sop.success_rate`); the mean
+over tasks, whose tasks all ran the same episodes, gets the pooled interval over all of them.
 Kept apart from the harness so a report can be rebuilt from a finished run folder:
-`python -m fleet_harness.report RUN_DIR`.
+`python -m fleet_harness.report RUN_DIR`. A run folder from before a key existed still reports: what its
+event logs and config.json determine exactly (intervals from the stored rates and `eval_episodes`, the
+per-task online figures) is filled in, anything else is left out of report.md.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+
+from sop.success_rate import SuccessCount, format_rate, pooled, successes_from_rate
 
 
 @dataclass(frozen=True)
@@ -115,19 +122,15 @@ def plot_run(
     written = []
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    steps_by_robot: dict[str, int] = defaultdict(int)
-    robot_count = max(1, len({e.robot_id for e in events}))
     for task, task_events in sorted(by_task.items()):
         autonomous = rolling_mean((e.autonomous_success for e in task_events), window)
         axes[0].plot([e.wall_time / 60 for e in task_events], autonomous, label=task)
-        per_robot_steps = []
-        for e in task_events:
-            steps_by_robot[e.robot_id] += e.num_steps
-            per_robot_steps.append(sum(steps_by_robot.values()) / robot_count)
-        axes[1].plot(per_robot_steps, autonomous, label=task)
+        axes[1].plot(task_steps_per_robot(task_events), autonomous, label=task)
     axes[0].set(xlabel="wall time (min)", ylabel=f"autonomous success (rolling {window})", ylim=(-0.05, 1.05))
     axes[1].set(
-        xlabel="env steps per robot", ylabel=f"autonomous success (rolling {window})", ylim=(-0.05, 1.05)
+        xlabel="env steps per robot (of the robots on that task)",
+        ylabel=f"autonomous success (rolling {window})",
+        ylim=(-0.05, 1.05),
     )
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -165,26 +168,108 @@ def plot_run(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     written.append(_save(fig, plots / "policy_versions.png"))
+
+    mix = online_share_series(train_rows)
+    if mix:  # a learner that logs no per-task mix (an older run, no online data yet): no plot
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for task, series in sorted(mix.items()):
+            (line,) = axes[0].plot(series["step"], series["online_share"], label=task)
+            for key, style in (("loss_online", "-"), ("loss_offline", "--")):
+                if series[key]:
+                    steps, losses = zip(*series[key], strict=True)
+                    axes[1].plot(steps, losses, style, color=line.get_color(), label=f"{task} {key[5:]}")
+        axes[0].set(xlabel="learner step", ylabel="online share of the batch", ylim=(-0.05, 1.05))
+        axes[1].set(xlabel="learner step", ylabel="loss (solid: online, dashed: offline)")
+        for ax in axes:
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:  # no losses logged yet: no legend to draw
+                ax.legend(fontsize=8)
+        fig.suptitle("The learner's online/offline mix per task")
+        written.append(_save(fig, plots / "online_share.png"))
     return written
+
+
+def task_steps_per_robot(task_events: list[EpisodeEvent]) -> list[float]:
+    """For one task's episodes in time order: the task's env steps so far divided by the number of robots
+    that ran the task, so every task's curve starts near 0 and ends at its robots' steps per robot."""
+    robots = max(1, len({e.robot_id for e in task_events}))
+    return [float(steps) / robots for steps in np.cumsum([e.num_steps for e in task_events])]
+
+
+def online_share_series(train_rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per task, from the learner's `mix/<task>/...` keys: `step` and `online_share` (rows that log it, in
+    step order) and (step, loss) pairs for `loss_online` and `loss_offline`; {} when no row has a mix."""
+    series: dict[str, dict[str, Any]] = {}
+    for row in sorted((r for r in train_rows if "step" in r), key=lambda r: int(r["step"])):
+        for key, value in row.items():
+            parts = key.split("/")
+            if len(parts) != 3 or parts[0] != "mix" or value is None:
+                continue
+            task, name = parts[1], parts[2]
+            entry = series.setdefault(
+                task, {"step": [], "online_share": [], "loss_online": [], "loss_offline": []}
+            )
+            if name == "online_share":
+                entry["step"].append(int(row["step"]))
+                entry["online_share"].append(float(value))
+            elif name in ("loss_online", "loss_offline"):
+                entry[name].append((int(row["step"]), float(value)))
+    return {task: entry for task, entry in series.items() if entry["step"]}
+
+
+def online_per_task(events: list[EpisodeEvent]) -> dict[str, dict[str, Any]]:
+    """What the operators did for each task while the fleet ran: the frames they labelled (intervention
+    frames, the HG-DAgger labels), that count over the task's env steps, and their take-overs."""
+    by_task: dict[str, list[EpisodeEvent]] = defaultdict(list)
+    for event in events:
+        by_task[event.task].append(event)
+    rows = {}
+    for task, mine in sorted(by_task.items()):
+        steps = sum(e.num_steps for e in mine)
+        labelled = sum(e.intervention_frames for e in mine)
+        rows[task] = {
+            "robots": len({e.robot_id for e in mine}),
+            "episodes": len(mine),
+            "env_steps": steps,
+            "operator_labelled_frames": labelled,
+            "intervention_rate": labelled / steps if steps else 0.0,
+            "take_overs": sum(e.take_overs for e in mine),
+        }
+    return rows
+
+
+def _evaluation(prefix: str, counts: Mapping[str, SuccessCount]) -> dict[str, Any]:
+    mean = pooled(counts.values()) if counts else None
+    return {
+        f"{prefix}_success": {task: c.rate for task, c in counts.items()},
+        f"{prefix}_success_ci95": {task: list(c.ci95) for task, c in counts.items()},
+        f"{prefix}_mean_success": float(np.mean([c.rate for c in counts.values()])) if counts else 0.0,
+        f"{prefix}_mean_success_ci95": list(mean.ci95) if mean is not None else None,
+    }
 
 
 def summarize(
     events: list[EpisodeEvent],
     train_rows: list[dict[str, Any]],
-    base_eval: dict[str, float],
-    final_eval: dict[str, float],
+    base_eval: Mapping[str, SuccessCount],
+    final_eval: Mapping[str, SuccessCount],
     wall_time_s: float,
     checkpoints_applied: dict[str, list[int]],
+    sampler: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The numbers a reader wants first; base and final come from the same held-out seeded episodes."""
+    """The numbers a reader wants first; base and final come from the same held-out seeded episodes, so
+    every task of both ran the same number of episodes (`eval_episodes_per_task`)."""
+    sizes = {c.episodes for c in [*base_eval.values(), *final_eval.values()]}
+    if len(sizes) > 1:
+        raise ValueError(f"base and final were evaluated on different numbers of episodes per task: {sizes}")
     published = sorted(
         {int(r["published_version"]) for r in train_rows if r.get("published_version") is not None}
     )
     return {
-        "base_success": base_eval,
-        "final_success": final_eval,
-        "base_mean_success": float(np.mean(list(base_eval.values()))) if base_eval else 0.0,
-        "final_mean_success": float(np.mean(list(final_eval.values()))) if final_eval else 0.0,
+        **_evaluation("base", base_eval),
+        **_evaluation("final", final_eval),
+        "eval_episodes_per_task": sizes.pop() if sizes else 0,
+        "sampler": sampler,
         "episodes": len(events),
         "episodes_per_robot": {
             r: sum(1 for e in events if e.robot_id == r) for r in sorted({e.robot_id for e in events})
@@ -192,6 +277,7 @@ def summarize(
         "env_steps": sum(e.num_steps for e in events),
         "intervention_frames": sum(e.intervention_frames for e in events),
         "take_overs": sum(e.take_overs for e in events),
+        "online_per_task": online_per_task(events),
         "learner_steps": max((int(r["step"]) for r in train_rows), default=0),
         "checkpoints_published": published,
         "checkpoints_applied": checkpoints_applied,
@@ -199,29 +285,93 @@ def summarize(
     }
 
 
+def complete_older_summary(
+    summary: dict[str, Any], events: list[EpisodeEvent], run_config: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A summary.json written before the intervals and per-task figures existed, with what the run folder
+    determines exactly added: the per-task online figures from the episode logs; `eval_episodes_per_task`
+    and `sampler` from the run's config.json; the intervals from the stored rates (each is k/n) and n. Keys
+    the summary already has are kept as they are."""
+    summary = dict(summary)
+    if "online_per_task" not in summary:
+        summary["online_per_task"] = online_per_task(events)
+    if "sampler" not in summary and isinstance(run_config.get("sampler"), dict):
+        summary["sampler"] = run_config["sampler"]
+    n = summary.get("eval_episodes_per_task", run_config.get("eval_episodes"))
+    if not isinstance(n, int) or n < 1:
+        return summary
+    summary.setdefault("eval_episodes_per_task", n)
+    for prefix in ("base", "final"):
+        rates = summary.get(f"{prefix}_success", {})
+        if f"{prefix}_success_ci95" in summary or not rates:
+            continue
+        try:
+            counts = {task: SuccessCount(successes_from_rate(rate, n), n) for task, rate in rates.items()}
+        except ValueError:  # rates that are no count out of n: the config is not what was evaluated
+            continue
+        summary.update({k: v for k, v in _evaluation(prefix, counts).items() if k.endswith("_ci95")})
+    return summary
+
+
+def _success_cell(rate: float | None, interval: Any) -> str:
+    if rate is None:
+        return "-"
+    if isinstance(interval, (list, tuple)) and len(interval) == 2:
+        return format_rate(rate, interval)
+    return f"{rate:.2f}"
+
+
 def write_report(run_dir: Path, summary: dict[str, Any], plots: list[Path]) -> Path:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     tasks = sorted(set(summary["base_success"]) | set(summary["final_success"]))
+    n = summary.get("eval_episodes_per_task")
     lines = [
         "# SOP fleet run",
         "",
         f"Wall time {summary['wall_time_s'] / 60:.1f} min · {summary['episodes']} episodes · "
         f"{summary['env_steps']} env steps · {summary['intervention_frames']} intervention frames · "
         f"{len(summary['checkpoints_published'])} checkpoints published · {summary['learner_steps']} learner steps",
+    ]
+    if summary.get("sampler"):
+        lines += ["", f"Sampler (robots and evaluation): `{json.dumps(summary['sampler'], sort_keys=True)}`"]
+    lines += [
         "",
         "## Success on held-out seeded episodes (no operator)",
         "",
-        "| task | base | final |",
-        "|---|---|---|",
+        "Rate [Wilson 95 % interval] over n episodes, base and final on the same seeds; the mean's interval is "
+        "pooled over all tasks' episodes.",
+        "",
+        "| task | n | base | final |",
+        "|---|---|---|---|",
     ]
     for task in tasks:
-        lines.append(
-            f"| {task} | {summary['base_success'].get(task, float('nan')):.2f} "
-            f"| {summary['final_success'].get(task, float('nan')):.2f} |"
-        )
-    lines.append(
-        f"| **mean** | **{summary['base_mean_success']:.2f}** | **{summary['final_mean_success']:.2f}** |"
-    )
+        cells = [
+            _success_cell(
+                summary[f"{prefix}_success"].get(task), summary.get(f"{prefix}_success_ci95", {}).get(task)
+            )
+            for prefix in ("base", "final")
+        ]
+        lines.append(f"| {task} | {n if n else '-'} | {cells[0]} | {cells[1]} |")
+    mean_n = n * len(summary["base_success"]) if n and summary["base_success"] else None
+    means = [
+        _success_cell(summary[f"{prefix}_mean_success"], summary.get(f"{prefix}_mean_success_ci95"))
+        for prefix in ("base", "final")
+    ]
+    lines.append(f"| **mean** | {mean_n or '-'} | **{means[0]}** | **{means[1]}** |")
+    online = summary.get("online_per_task")
+    if online:
+        lines += [
+            "",
+            "## The operators' work per task (online phase)",
+            "",
+            "| task | robots | episodes | env steps | intervention rate | operator-labelled frames | take-overs |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for task, row in sorted(online.items()):
+            lines.append(
+                f"| {task} | {row['robots']} | {row['episodes']} | {row['env_steps']} | "
+                f"{row['intervention_rate']:.1%} | {row['operator_labelled_frames']} | {row['take_overs']} |"
+            )
     lines += ["", "## Checkpoints applied by each robot", ""]
     for robot_id, versions in sorted(summary["checkpoints_applied"].items()):
         if len(versions) > 8:
@@ -247,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = json.loads(summary_path.read_text())
     events = read_episode_events(run_dir, float(summary["online_started_at"]))
+    config_path = run_dir / "config.json"
+    run_config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    summary = complete_older_summary(summary, events, run_config)
     train_rows = read_jsonl(run_dir / "learner" / "train.jsonl")
     plots = plot_run(run_dir, events, train_rows, float(summary["online_started_at"]))
     print(write_report(run_dir, summary, plots))

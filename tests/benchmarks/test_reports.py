@@ -12,6 +12,7 @@ from benchmarks.machine import describe_machine
 from benchmarks.robot import PhaseResult, RobotBenchConfig, format_report
 from benchmarks.rti import RTIBenchConfig, _markdown, benchmark_rows
 from sop.config import ConfigError, parse_config
+from sop.success_rate import wilson_interval
 
 
 def _table_rows(text: str) -> list[list[str]]:
@@ -60,7 +61,8 @@ def test_rti_rows_and_report() -> None:
     assert labels == ["DDPM-100 Ta=8", "DDIM-3 Ta=8", "RTI K'=3 [2, 1, 0] Ta=1"]
     result = {
         "label": "DDPM-100 Ta=8", "denoiser_calls_per_chunk_median": 100, "ms_per_chunk_median": 50.0,
-        "ms_per_step_mean": 7.0, "tasks": {"reach-v3": {"success_rate": 0.5}}, "success_rate": 0.5,
+        "ms_per_step_mean": 7.0, "tasks": {"reach-v3": {"success_rate": 0.5, "ci95": list(wilson_interval(1, 2))}},
+        "success_rate": 0.5, "ci95": list(wilson_interval(1, 2)),
     }  # fmt: skip
     peer = {"lerobot_parameters": 2e6, "ours_parameters": 1e6}
     peer |= {f"{who}_{label}_ms": 10.0 for who in ("lerobot", "ours") for label in ("DDPM-100", "DDIM-10")}
@@ -69,10 +71,28 @@ def test_rti_rows_and_report() -> None:
     assert describe_machine().summary() in text
     rows = _table_rows(text)
     assert rows[0][4] == "reach"
-    assert rows[1] == ["DDPM-100 Ta=8", "100", "50.0", "7.00", "0.50", "0.500", "+0.0 pts"]
+    assert rows[1] == [
+        "DDPM-100 Ta=8", "100", "50.0", "7.00", "0.50 [0.09, 0.91]", "0.500 [0.095, 0.905]", "+0.0 pts"
+    ]  # fmt: skip
+    assert "Success: rate [Wilson 95 % interval]" in text
     assert rows[-1] == ["DDIM-10", "10.0", "10.0", "1.00x"]
 
 
 def test_rti_needs_a_checkpoint() -> None:
     with pytest.raises(ConfigError, match="checkpoint"):
         parse_config(RTIBenchConfig, [])
+
+
+def test_fleet_scaling_table_gives_each_mean_success_its_pooled_interval() -> None:
+    from benchmarks.fleet import markdown_tables
+
+    size = {
+        "robots": 2, "steps_to_target": 1000.0, "steps_vs_one_robot": None, "steps_vs_one_robot_is_upper_bound": False,
+        "final_success": 0.85, "final_per_robot_steps": 3000.0, "episodes": 40, "intervention_frames": 7,
+        "learner_steps": 300, "learner_steps_per_robot_step": 0.1,
+    }  # fmt: skip
+    results = {"tasks": ["reach-v3", "push-v3"], "eval_episodes_per_task": 20, "fleet_sizes": [size]}
+    lo, hi = wilson_interval(34, 40)  # 0.85 of the 2 x 20 held-out episodes
+    assert f"| 0.85 [{lo:.2f}, {hi:.2f}] (3000) |" in markdown_tables(results)
+    size["final_success"] = 0.8125  # no count out of 40: the bare rate
+    assert "| 0.81 (3000) |" in markdown_tables(results)
