@@ -4,8 +4,9 @@ While the operator drives, the executed action is the operator's and the policy 
 recorded (`action` and `policy_action`) with `intervention=True`, so every intervention frame is an expert
 label for the state the policy actually reached, and the learner can still see what the policy would have
 done. When control returns to the policy, its RTI warm start (the previous chunk shifted by the executed
-steps) describes a trajectory the robot did not follow, so the next chunk must come from a full solve:
-the gate reports the hand-back and the control loop calls `policy.invalidate_warm_start()`.
+steps) describes a trajectory the robot did not follow: the gate reports the hand-back and the control loop
+calls `policy.continue_from_actions(executed)`, which drops the queue and warm-starts the next chunk from the
+actions the robot executed (no solve from noise inside the control grid).
 
 No command reaches the robot unchecked. An operator action or a policy output of the wrong shape, with a
 NaN or an Inf, or a policy that raised instead of answering, is refused: the robot executes its safe

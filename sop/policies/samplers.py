@@ -2,12 +2,12 @@
 
 - `DDPMSampler`: the full ancestral schedule from Gaussian noise (100 steps by default).
 - `DDIMSampler`: k deterministic DDIM steps from Gaussian noise (cold start).
-- `RTISampler` (RTI-DP): the first chunk with the full DDPM schedule (or, optionally, a DDIM cold start
-  to shorten the stall at episode start and hand-back); every later chunk starts from the
-  previous chunk shifted by the executed steps (last action repeated; `rti_warm_start`), used directly as
-  the sample at the first listed timestep (no re-noising, as in RTI-DP's public code), and runs only the
-  last K' timesteps, e.g. (2, 1, 0), in the DDPM index space. A warm start of None means "solve fully":
-  after reset(), a policy swap or an operator hand-back.
+- `RTISampler` (RTI-DP): the first chunk from noise with its cold-start sampler (the config's default is
+  DDIM-10, a short stall; RTI-DP's full DDPM schedule is an option); every later chunk starts from the
+  previous chunk shifted by the executed steps (last action repeated; `rti_warm_start`), or after an
+  operator's hand-back from the executed actions, used directly as the sample at the first listed timestep
+  (no re-noising, as in RTI-DP's public code), and runs only the last K' timesteps, e.g. (2, 1, 0), in the
+  DDPM index space. A warm start of None means "solve from noise": after reset() or a policy swap.
 
 Schedules come from diffusers (`DDPMScheduler`/`DDIMScheduler`, squared cosine, epsilon prediction); each
 sampler owns its scheduler instance because `set_timesteps` mutates it.
@@ -153,7 +153,7 @@ class RTISampler:
             raise ValueError(
                 f"RTI timesteps must lie in [0, {config.num_train_timesteps}), got {tuple(timesteps)}"
             )
-        self.cold_start = cold_start or DDPMSampler(config)
+        self.cold_start = cold_start or DDIMSampler(config, 10)
         # Stepping with set_timesteps(num_train_timesteps) makes each step go from t to t-1, as in RTI-DP.
         self.scheduler = make_ddpm_scheduler(config)
         self.scheduler.set_timesteps(config.num_train_timesteps)

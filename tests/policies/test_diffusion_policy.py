@@ -88,7 +88,7 @@ def test_rti_warm_start_is_exactly_the_shifted_previous_chunk(policy_factory: An
     for step in range(9):
         policy.act(obs_factory(step))
     assert [w is None for w in spy.warm_starts] == [True, False, False]
-    assert [r.denoiser_calls for r in spy.results] == [100, 3, 3]
+    assert [r.denoiser_calls for r in spy.results] == [10, 3, 3]  # DDIM-10 from noise, then K' = 3
     ta = policy.execution_horizon
     assert ta == 3
     for previous, warm_start in zip(spy.results[:-1], spy.warm_starts[1:], strict=True):
@@ -154,7 +154,7 @@ def test_hand_back_and_reset_force_a_full_solve(
     chunks = policy.chunks_predicted
     policy.act(obs_factory(10))  # queue dropped: a new chunk right away, fully solved
     assert policy.chunks_predicted == chunks + 1
-    assert policy.last_denoiser_calls == 100 and not policy.last_chunk_warm_started
+    assert policy.last_denoiser_calls == 10 and not policy.last_chunk_warm_started  # DDIM-10 from noise
 
 
 def test_rti_replans_every_step_by_default_and_can_cold_start_with_ddim(

@@ -53,7 +53,8 @@ class RecordingDenoiser:
         (DDPMSampler(CONFIG), 100),
         (DDIMSampler(CONFIG, 10), 10),
         (DDIMSampler(CONFIG, 3), 3),
-        (RTISampler(CONFIG, (2, 1, 0)), 100),
+        (RTISampler(CONFIG, (2, 1, 0)), 10),  # DDIM-10 unless given another cold start
+        (RTISampler(CONFIG, (2, 1, 0), DDPMSampler(CONFIG)), 100),
     ],
 )
 def test_cold_start_shapes_and_calls(sampler: DDPMSampler | DDIMSampler | RTISampler, calls: int) -> None:
@@ -162,11 +163,14 @@ def test_each_sampler_config_builds_its_own_sampler() -> None:
     rti = make_sampler(CONFIG, RTISamplerConfig(timesteps=(1, 0), cold_start=DDIMColdStartConfig(steps=3)))
     assert isinstance(rti, RTISampler) and rti.timesteps == [1, 0]
     assert isinstance(rti.cold_start, DDIMSampler) and len(rti.cold_start.timesteps) == 3
-    default = RTISamplerConfig()  # RTI-DP: (2, 1, 0) on warm starts, full DDPM at a cold start, Ta 1
+    default = RTISamplerConfig()  # RTI-DP's (2, 1, 0) on warm starts and Ta 1; DDIM-10 from noise
     assert (default.timesteps, default.cold_start, default.execution_horizon) == (
         (2, 1, 0),
-        DDPMColdStartConfig(),
+        DDIMColdStartConfig(steps=10),
         1,
+    )
+    assert isinstance(
+        make_sampler(CONFIG, RTISamplerConfig(cold_start=DDPMColdStartConfig())).cold_start, DDPMSampler
     )
     assert [SamplerConfig.of_kind(kind).type for kind in SamplerKind] == ["ddpm", "ddim", "rti"]
     assert SamplerConfig.of_kind("ddim") == DDIMSamplerConfig(steps=10)
@@ -200,7 +204,7 @@ def test_sampler_configs_round_trip_with_their_type() -> None:
                 "execution_horizon": None,
                 "seed": 0,
             },
-            RTISamplerConfig(),
+            RTISamplerConfig(cold_start=DDPMColdStartConfig()),
         ),
         (
             {"kind": "rti", "rti_timesteps": [3, 1, 0], "rti_cold_start": "ddim", "ddim_steps": 4},
@@ -208,9 +212,12 @@ def test_sampler_configs_round_trip_with_their_type() -> None:
         ),
         (  # an explicit execution_horizon overrode RTI's own
             {"kind": "rti", "execution_horizon": 8, "rti_execution_horizon": 2},
-            RTISamplerConfig(execution_horizon=8),
+            RTISamplerConfig(execution_horizon=8, cold_start=DDPMColdStartConfig()),
         ),
-        ({"kind": "rti", "rti_execution_horizon": 2}, RTISamplerConfig(execution_horizon=2)),
+        (  # the flat form's cold start was DDPM unless it said otherwise
+            {"kind": "rti", "rti_execution_horizon": 2},
+            RTISamplerConfig(execution_horizon=2, cold_start=DDPMColdStartConfig()),
+        ),
         (
             {"kind": "ddim", "ddim_steps": 4, "rti_timesteps": [2, 1, 0], "seed": 5},
             DDIMSamplerConfig(steps=4, seed=5),
