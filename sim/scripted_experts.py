@@ -16,11 +16,19 @@ over, the closed fingers rest on top of the puck, the hand stays 6 cm up, and th
 down with the gripper closed until the episode ends (85 of the 89 push episodes of one fleet demo run
 ended so, the operator driving). `CorrectedPushPolicy` notices closed fingers above the puck, lifts the
 hand and opens them, then hands on to the stock expert.
+
+Every expert is a sequence of phases (above the object, down to it, to the goal), and in each it moves
+the hand toward one point, its *sub-goal* (`ScriptedExpert.subgoal`). The simulated operator judges a
+policy against that point, the way a person judges a robot by what it should be doing next rather than by
+how far the task is from done. Most stock policies compute it in `_desired_pos`; reach and drawer-open
+compute it inline in `get_action`, so the two are restated here (`_INLINE_SUBGOALS`), and a test checks
+that every expert's action points at its sub-goal.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any, Final
 
 import numpy as np
@@ -94,6 +102,22 @@ class CorrectedPushPolicy(SawyerPushV3Policy):
         self._reopening = False
 
     def get_action(self, obs: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+        if self._update_reopening(obs):
+            delta = move(obs[:3], to_xyz=self._reopen_point(obs), p=10.0)
+            return np.append(np.clip(delta, -1.0, 1.0), -1.0).astype(np.float32)
+        return super().get_action(obs)
+
+    def subgoal(self, obs: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Where `get_action` moves the hand: the reopen point while reopening, else the stock target.
+
+        It updates the latch exactly as `get_action` does, and a second call on the same state (or
+        `get_action` after `subgoal`) leaves it as the first did, so asking for both is harmless.
+        """
+        if self._update_reopening(obs):
+            return self._reopen_point(obs)
+        return np.asarray(self._desired_pos(self._parse_obs(obs)), dtype=np.float64)
+
+    def _update_reopening(self, obs: npt.NDArray[np.float64]) -> bool:
         hand, opening, puck = obs[:3], float(obs[3]), obs[4:7]
         above_puck = bool(np.linalg.norm(hand[:2] - puck[:2] - np.array([-0.005, 0.0])) <= 0.02)
         height = float(hand[2] - puck[2])
@@ -101,10 +125,32 @@ class CorrectedPushPolicy(SawyerPushV3Policy):
             self._reopening = True
         if not above_puck or (opening >= _PUSH_FINGERS_OPEN and height >= _PUSH_REOPEN_HEIGHT - 0.01):
             self._reopening = False
-        if self._reopening:
-            delta = move(hand, to_xyz=puck + np.array([0.0, 0.0, _PUSH_REOPEN_HEIGHT]), p=10.0)
-            return np.append(np.clip(delta, -1.0, 1.0), -1.0).astype(np.float32)
-        return super().get_action(obs)
+        return self._reopening
+
+    @staticmethod
+    def _reopen_point(obs: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        return np.asarray(obs[4:7] + np.array([0.0, 0.0, _PUSH_REOPEN_HEIGHT]), dtype=np.float64)
+
+
+def _reach_subgoal(state: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    return state[36:39]
+
+
+def _drawer_open_subgoal(state: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    # SawyerDrawerOpenV3Policy.get_action's three targets (it changes its gain per phase, hence inline).
+    hand, handle = state[:3], state[4:7] + np.array([0.0, 0.0, -0.02])
+    if np.linalg.norm(hand[:2] - handle[:2]) > 0.06:
+        return handle + np.array([0.0, 0.0, 0.3])
+    if abs(hand[2] - handle[2]) > 0.04:
+        return handle
+    return handle + np.array([0.0, -0.06, 0.0])
+
+
+# Sub-goals of the stock policies that have no `_desired_pos`.
+_INLINE_SUBGOALS: Final[dict[type[Policy], Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]]]] = {
+    SawyerReachV3Policy: _reach_subgoal,
+    SawyerDrawerOpenV3Policy: _drawer_open_subgoal,
+}
 
 
 EXPERT_POLICIES: Final[dict[str, type[Policy]]] = {
@@ -130,10 +176,7 @@ class ScriptedExpert:
 
     def act(self, state: npt.ArrayLike) -> np.ndarray:
         """The expert's action for a 39-dim state, in [-1, 1]."""
-        # A copy: some Meta-World policies edit slices of their input in place (door-open does).
-        array = np.array(state, dtype=np.float64)
-        if array.shape != (STATE_DIM,):
-            raise ValueError(f"state must have shape ({STATE_DIM},), got {array.shape}")
+        array = self._state_copy(state)
         with warnings.catch_warnings():
             # Meta-World's `move` warns whenever a proportional gain saturates, i.e. on most steps.
             warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
@@ -141,3 +184,28 @@ class ScriptedExpert:
         action = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
         assert action.shape == (ACTION_DIM,)
         return action
+
+    def subgoal(self, state: npt.ArrayLike) -> np.ndarray:
+        """Where the expert moves the hand from this state (xyz, metres): its current phase's target.
+
+        Stateful experts (push's reopening latch) update their state here exactly as `act` would on the
+        same state, so an operator that only watches must use an expert instance of its own.
+        """
+        array = self._state_copy(state)
+        policy = self._policy
+        if isinstance(policy, CorrectedPushPolicy):
+            target = policy.subgoal(array)
+        elif type(policy) in _INLINE_SUBGOALS:
+            target = _INLINE_SUBGOALS[type(policy)](array)
+        else:
+            # A staticmethod or a plain method alike, called on the instance.
+            target = policy._desired_pos(policy._parse_obs(array))  # type: ignore[attr-defined]
+        return np.array(target, dtype=np.float64)
+
+    @staticmethod
+    def _state_copy(state: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        # A copy: some Meta-World policies edit slices of their input in place (door-open does).
+        array = np.array(state, dtype=np.float64)
+        if array.shape != (STATE_DIM,):
+            raise ValueError(f"state must have shape ({STATE_DIM},), got {array.shape}")
+        return array

@@ -1,20 +1,26 @@
-"""The simulated operator: its take-over / hand-back rule on synthetic states, and its expert on real tasks."""
+"""The simulated operator: its take-over / hand-back rules on synthetic states, and on real tasks that it
+leaves the scripted expert alone and takes over policies that are stuck or head the wrong way."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
 
 import sim
 from sim.operator import (
+    NEAR_OBJECT,
     HandBack,
     HandBackReason,
+    OperatorDecision,
     SimulatedOperator,
     SimulatedOperatorConfig,
     TakeOver,
     TakeOverReason,
     progress_distance,
 )
+from sim.scripted_experts import ScriptedExpert
 from sim.tasks import ProgressMeasure
 
 GOAL = np.array([0.0, 0.8, 0.2])
@@ -49,12 +55,23 @@ def quiet_config(**overrides: object) -> SimulatedOperatorConfig:
     return SimulatedOperatorConfig(**values)  # type: ignore[arg-type]
 
 
-def run(operator: SimulatedOperator, distances: list[float], success_at: int | None = None) -> list:
+def run(
+    operator: SimulatedOperator,
+    distances: list[float],
+    success_at: int | None = None,
+    proposal: np.ndarray | None = None,
+) -> list[OperatorDecision]:
+    """Feed reach states `distances` away from the goal; the policy proposes `proposal` (default: nothing)."""
     decisions = []
+    action = np.zeros(4, dtype=np.float32) if proposal is None else proposal
     for step, distance in enumerate(distances):
         info = {"success": success_at is not None and step >= success_at}
-        decisions.append(operator.step(reach_state(distance), np.zeros(4, dtype=np.float32), info))
+        decisions.append(operator.step(reach_state(distance), action, info))
     return decisions
+
+
+TOWARD_GOAL = np.array([0.0, 1.0, 0.0, 0.0], dtype=np.float32)  # +y: where reach_state's goal lies
+AWAY_FROM_GOAL = -TOWARD_GOAL
 
 
 def test_progress_distance_reads_hand_object_and_goal_from_the_documented_indices() -> None:
@@ -147,12 +164,158 @@ def test_no_take_over_once_the_task_succeeded_even_if_it_had_been_noticed() -> N
 
 
 def test_rules_can_be_switched_off() -> None:
-    operator = SimulatedOperator(
-        "reach-v3", quiet_config(take_over_on_stall=False, take_over_when_moving_away=False), seed=0
+    off = quiet_config(
+        take_over_on_stall=False, take_over_when_moving_away=False, take_over_on_disagreement=False
     )
+    operator = SimulatedOperator("reach-v3", off, seed=0)
     operator.reset(reach_state(0.3))
-    decisions = run(operator, [0.3] * 10 + [0.3 + 0.05 * i for i in range(10)])
+    decisions = run(operator, [0.3] * 10 + [0.3 + 0.05 * i for i in range(10)], proposal=AWAY_FROM_GOAL)
     assert not any(d.intervening for d in decisions)
+
+
+def reach_at(hand: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    """A reach-v3 state with the hand and the goal (reach's expert's one sub-goal) where given."""
+    state = reach_state(0.0)
+    state[0:3] = hand
+    state[36:39] = goal
+    return state
+
+
+def run_states(
+    operator: SimulatedOperator, states: list[np.ndarray], proposal: np.ndarray | None = None
+) -> list[OperatorDecision]:
+    action = np.zeros(4, dtype=np.float32) if proposal is None else proposal
+    operator.reset(states[0])
+    return [operator.step(state, action, {"success": False}) for state in states]
+
+
+def first_takeover(decisions: list[OperatorDecision]) -> TakeOver | None:
+    return next((d.event for d in decisions if isinstance(d.event, TakeOver)), None)
+
+
+HAND = GOAL - np.array([0.0, 0.3, 0.0])
+
+
+def subgoal_around_the_hand(phase: int) -> np.ndarray:
+    """Sub-goals all 0.3 m from HAND (no distance shrinks), 0.09 m apart from one phase to the next."""
+    angle = np.pi / 2 - 0.3 * phase
+    return HAND + 0.3 * np.array([np.cos(angle), np.sin(angle), 0.0])
+
+
+def test_a_new_sub_goal_is_progress_but_flipping_between_two_is_not() -> None:
+    # The hand stays put; the expert's plan advances to a new sub-goal every 4 steps (its phases).
+    advancing = [reach_at(HAND, subgoal_around_the_hand(step // 4)) for step in range(30)]
+    operator = SimulatedOperator("reach-v3", quiet_config(), seed=0)
+    assert first_takeover(run_states(operator, advancing)) is None
+
+    # A policy hovering at a phase threshold: the sub-goal flips between the same two points.
+    flipping = [reach_at(HAND, subgoal_around_the_hand((step // 4) % 2)) for step in range(30)]
+    takeover = first_takeover(run_states(operator, flipping))
+    # Only the first flip (step 4) is new; the window has left it behind at step 9.
+    assert takeover == TakeOver(11, TakeOverReason.STALLED, 9, near(0.3))
+
+
+def test_waiting_at_the_sub_goal_is_progress_for_max_settle_steps_only() -> None:
+    at_goal = [reach_state(0.0)] * 30
+    operator = SimulatedOperator("reach-v3", quiet_config(max_settle_steps=3), seed=0)
+    # Settled at steps 0-2; the window (5 steps) holds none of them from step 7 on.
+    assert first_takeover(run_states(operator, at_goal)) == TakeOver(9, TakeOverReason.STALLED, 7, near(0.0))
+    patient = SimulatedOperator("reach-v3", quiet_config(max_settle_steps=30), seed=0)
+    assert first_takeover(run_states(patient, at_goal)) is None
+
+
+def test_a_slow_final_approach_is_progress_unless_progress_fraction_is_off() -> None:
+    # 5 % closer per step: 0.2 of the distance per 5-step window, but under 1 cm once within 4 cm.
+    creeping = [reach_state(0.08 * 0.95**step) for step in range(30)]
+    operator = SimulatedOperator("reach-v3", quiet_config(max_settle_steps=100), seed=0)
+    assert first_takeover(run_states(operator, creeping, TOWARD_GOAL)) is None
+    strict = SimulatedOperator("reach-v3", quiet_config(progress_fraction=0.0), seed=0)
+    takeover = first_takeover(run_states(strict, creeping, TOWARD_GOAL))
+    assert takeover is not None and takeover.reason is TakeOverReason.STALLED
+
+
+def test_moving_away_is_not_blamed_on_a_policy_that_steers_toward_the_sub_goal() -> None:
+    # The arm's momentum carries the hand away while the policy already steers back (after a phase change).
+    drifting = [reach_state(0.2 + 0.02 * step) for step in range(8)]
+    operator = SimulatedOperator("reach-v3", quiet_config(stall_window=20, reaction_delay=0), seed=0)
+    assert first_takeover(run_states(operator, drifting, TOWARD_GOAL)) is None
+    takeover = first_takeover(run_states(operator, drifting, AWAY_FROM_GOAL))
+    assert takeover == TakeOver(3, TakeOverReason.AWAY_FROM_GOAL, 3, near(0.26))
+
+
+def test_sustained_disagreement_with_the_expert_is_taken_over() -> None:
+    config = quiet_config(stall_window=30, reaction_delay=1, disagreement_steps=4)
+    blocked = [reach_state(0.3)] * 12  # the hand does not move (the arm is blocked): no away, no stall yet
+    operator = SimulatedOperator("reach-v3", config, seed=0)
+    takeover = first_takeover(run_states(operator, blocked, AWAY_FROM_GOAL))
+    assert takeover == TakeOver(4, TakeOverReason.DISAGREEMENT, 3, near(0.3))
+
+    sideways = np.array([1.0, 0.0, 0.0, 0.0], dtype=np.float32)  # perpendicular: not against the expert
+    timid = AWAY_FROM_GOAL * 0.1  # shorter than min_action: no direction to judge
+    for proposal in (sideways, timid, TOWARD_GOAL):
+        assert first_takeover(run_states(operator, blocked, proposal)) is None
+
+    # An agreeing step in between resets the count.
+    operator.reset(blocked[0])
+    proposals = [AWAY_FROM_GOAL] * 3 + [TOWARD_GOAL]
+    decisions = [operator.step(blocked[0], proposals[i % 4], {}) for i in range(12)]
+    assert first_takeover(decisions) is None
+
+
+def push_state(hand: np.ndarray, puck: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    state = np.zeros(39)
+    state[0:3], state[3], state[4:7], state[36:39] = hand, 1.0, puck, goal
+    return state
+
+
+def test_an_object_pushed_off_its_goal_is_taken_over_only_when_the_hand_is_at_it() -> None:
+    goal = np.array([0.0, 0.8, 0.02])
+    pucks = [np.array([0.0, 0.6 - 0.02 * step, 0.02]) for step in range(6)]
+    config = quiet_config(stall_window=20, reaction_delay=0)
+    up = np.array([0.0, 0.0, 1.0, 0.0], dtype=np.float32)  # toward the expert's sub-goal above the puck
+
+    # The hand pushes the puck away from the goal.
+    behind = [push_state(puck + np.array([0.0, -0.05, 0.0]), puck, goal) for puck in pucks]
+    operator = SimulatedOperator("push-v3", config, seed=0)
+    takeover = first_takeover(run_states(operator, behind, up))
+    assert takeover is not None and (takeover.step, takeover.reason) == (3, TakeOverReason.AWAY_FROM_GOAL)
+
+    # The puck moves on its own (as the windows seem to between the reset observation and the next).
+    far = [push_state(puck + np.array([0.0, -0.3, 0.1]), puck, goal) for puck in pucks]
+    assert np.linalg.norm(far[0][0:3] - far[0][4:7]) > NEAR_OBJECT
+    assert first_takeover(run_states(operator, far, up)) is None
+
+
+@pytest.mark.parametrize(("recovery_phases", "handback_step"), [(2, 10), (3, None), (0, None)])
+def test_hand_back_once_the_expert_plan_advanced_recovery_phases(
+    recovery_phases: int, handback_step: int | None
+) -> None:
+    # Stalled until the take-over at 7; then the expert's plan reaches new sub-goals at steps 8 and 9.
+    second, third = GOAL + np.array([0.1, 0.0, 0.0]), GOAL + np.array([0.2, 0.0, 0.0])
+    goals = [GOAL] * 8 + [second] + [third] * 12
+    states = [reach_at(HAND, goal) for goal in goals]
+    operator = SimulatedOperator("reach-v3", quiet_config(recovery_phases=recovery_phases), seed=0)
+    decisions = run_states(operator, states)
+    assert decisions[7].event == TakeOver(7, TakeOverReason.STALLED, 5, near(0.3))
+    handbacks = [d.event for d in decisions if isinstance(d.event, HandBack)]
+    if handback_step is None:  # the task distance never shrank: only the time limit hands back
+        assert handbacks[0].reason is HandBackReason.CONTROL_TIME_LIMIT
+    else:
+        assert handbacks[0] == HandBack(handback_step, HandBackReason.RECOVERED, 3, near(np.hypot(0.3, 0.2)))
+
+
+def test_watching_never_changes_how_the_operator_drives() -> None:
+    # Push's expert latches "reopen the fingers" when it sees them closed above the puck. The operator
+    # watches that state; its hands, which did not drive then, must act as a fresh expert would after.
+    puck, goal = np.array([0.0, 0.6, 0.02]), np.array([0.0, 0.8, 0.02])
+    closed_above = push_state(puck + np.array([-0.005, 0.0, 0.08]), puck, goal)
+    closed_above[3] = 0.3
+    opening_above = closed_above.copy()
+    opening_above[3] = 0.8  # neither sets nor clears the latch
+    operator = SimulatedOperator("push-v3", quiet_config(), seed=0)
+    operator.reset(closed_above)
+    operator.step(closed_above, np.zeros(4, dtype=np.float32), {})
+    np.testing.assert_array_equal(operator.drive(opening_above), ScriptedExpert("push-v3").act(opening_above))
 
 
 def test_operator_noise_is_gaussian_seeded_and_clipped() -> None:
@@ -177,6 +340,14 @@ def test_operator_noise_is_gaussian_seeded_and_clipped() -> None:
         ({"action_noise_std": float("nan")}, "action_noise_std"),
         ({"recovery_fraction": 1.5}, "recovery_fraction"),
         ({"min_control_steps": 50, "max_control_steps": 10}, "max_control_steps"),
+        ({"max_settle_steps": 0}, "max_settle_steps"),
+        ({"disagreement_steps": 0}, "disagreement_steps"),
+        ({"recovery_phases": -1}, "recovery_phases"),
+        ({"subgoal_tolerance": -0.01}, "subgoal_tolerance"),
+        ({"phase_jump": float("inf")}, "phase_jump"),
+        ({"min_action": float("nan")}, "min_action"),
+        ({"progress_fraction": 1.5}, "progress_fraction"),
+        ({"disagreement_cosine": -2.0}, "disagreement_cosine"),
     ],
 )
 def test_bad_operator_config_names_the_field(overrides: dict[str, object], field_name: str) -> None:
@@ -235,3 +406,127 @@ def test_operator_driving_all_the_time_solves_each_task_in_at_least_90_percent(t
     finally:
         env.close()
     assert successes >= 18, f"{task}: the operator's expert solved {successes}/20 seeded episodes"
+
+
+Policy = Callable[[np.ndarray], np.ndarray]
+
+
+def watch(
+    env: sim.MetaWorldEnv, seed: int, policy: Policy, until_takeover: bool = False
+) -> tuple[SimulatedOperator, bool]:
+    """One seeded episode of `policy` with the default operator watching (and driving once it takes over).
+
+    It ends at success (the operator has nothing left to judge), at the env's step limit, or at the first
+    take-over when `until_takeover`. Returns the operator (its events) and whether the task succeeded.
+    """
+    operator = SimulatedOperator(env.task, SimulatedOperatorConfig(), seed=seed)
+    observation, info = env.reset(seed=seed)
+    operator.reset(observation)
+    while True:
+        proposal = policy(observation["state"])
+        decision = operator.step(observation, proposal, info)
+        if until_takeover and decision.intervening:
+            break
+        action = decision.action if decision.action is not None else proposal
+        observation, _, terminated, truncated, info = env.step(action)
+        if info["success"] or terminated or truncated:
+            break
+    return operator, bool(info["success"])
+
+
+@pytest.fixture
+def task_env(request: pytest.FixtureRequest) -> Iterator[sim.MetaWorldEnv]:
+    env = sim.make_env(request.param, sim.EnvConfig(max_episode_steps=200))
+    yield env
+    env.close()
+
+
+EXPERT_SEEDS = range(20)
+
+
+@pytest.mark.parametrize("task_env", sim.TASK_NAMES, indirect=True)
+def test_the_scripted_expert_driving_is_never_taken_over(task_env: sim.MetaWorldEnv) -> None:
+    # The policy is the task's scripted expert itself, noise-free: a fair operator has nothing to correct.
+    # (The operator's own eyes are a separate expert instance, so this one's state is the policy's.)
+    task = task_env.task
+    solved, taken_over = 0, []
+    for seed in EXPERT_SEEDS:
+        expert = ScriptedExpert(task)
+        operator, success = watch(task_env, seed, expert.act)
+        solved += success
+        if success and operator.takeovers:
+            taken_over.append((seed, operator.events[0]))
+    assert taken_over == [], f"{task}: the operator took over the expert on its way to success"
+    # Not vacuous: the expert solves (nearly) every layout. Door-open's hand wedges against the door on
+    # seed 14 and stays there until the time limit; that one the operator may take over, as stalled.
+    assert solved >= len(EXPERT_SEEDS) - 1, f"{task}: the expert solved only {solved}"
+
+
+@pytest.mark.parametrize("task_env", sim.TASK_NAMES, indirect=True)
+def test_a_stuck_policy_is_taken_over_once_a_window_passes_without_progress(
+    task_env: sim.MetaWorldEnv,
+) -> None:
+    config = SimulatedOperatorConfig()
+    for seed in range(3):
+        operator, _ = watch(task_env, seed, lambda state: np.zeros(4, dtype=np.float32), until_takeover=True)
+        takeover = operator.events[0]
+        assert isinstance(takeover, TakeOver) and takeover.reason is TakeOverReason.STALLED
+        # A window after the first step (one more where the reset observation shows the object elsewhere).
+        assert takeover.step - config.reaction_delay - config.stall_window in (0, 1), takeover
+
+
+@pytest.mark.parametrize("task_env", sim.TASK_NAMES, indirect=True)
+def test_a_policy_heading_the_wrong_way_is_taken_over_before_a_stall_would_be(
+    task_env: sim.MetaWorldEnv,
+) -> None:
+    config = SimulatedOperatorConfig()
+    expert = ScriptedExpert(task_env.task)
+
+    def heading_away(state: np.ndarray) -> np.ndarray:
+        return -expert.act(state)
+
+    for seed in range(3):
+        operator, _ = watch(task_env, seed, heading_away, until_takeover=True)
+        takeover = operator.events[0]
+        assert isinstance(takeover, TakeOver), operator.events
+        assert takeover.reason in (TakeOverReason.AWAY_FROM_GOAL, TakeOverReason.DISAGREEMENT), takeover
+        assert takeover.step <= config.disagreement_steps + config.reaction_delay, takeover
+
+
+@pytest.mark.parametrize("task", sim.TASK_NAMES)
+def test_every_expert_moves_its_hand_toward_its_sub_goal(task: str) -> None:
+    expert, env = ScriptedExpert(task), sim.make_env(task, sim.EnvConfig(max_episode_steps=150))
+    checked = 0
+    try:
+        observation, _ = env.reset(seed=0)
+        for _ in range(150):
+            state = observation["state"]
+            before = state.copy()
+            error = expert.subgoal(state) - state[0:3]
+            action = expert.act(state)
+            assert (state == before).all(), "subgoal() modified the state it was given"
+            clear = np.abs(error) > 0.002
+            np.testing.assert_array_equal(np.sign(action[:3][clear]), np.sign(error[clear]))
+            checked += int(clear.sum())
+            observation, _, _, _, info = env.step(action)
+            if info["success"]:
+                break
+    finally:
+        env.close()
+    assert checked > 50
+
+
+def test_push_expert_sub_goal_is_the_reopen_point_while_it_reopens_the_fingers() -> None:
+    puck, goal = np.array([0.0, 0.6, 0.02]), np.array([0.0, 0.8, 0.02])
+    closed_above = push_state(puck + np.array([-0.005, 0.0, 0.08]), puck, goal)
+    closed_above[3] = 0.3
+    expert = ScriptedExpert("push-v3")
+    np.testing.assert_allclose(expert.subgoal(closed_above), puck + np.array([0.0, 0.0, 0.12]))
+    action = expert.act(closed_above)
+    assert action[2] > 0 and action[3] == -1.0  # up, fingers opening: toward the reopen point
+    # Stock behaviour from a fresh reset: over the puck with open fingers, the target is just above it.
+    open_above = closed_above.copy()
+    open_above[3] = 1.0
+    np.testing.assert_allclose(
+        ScriptedExpert("push-v3").subgoal(open_above), puck + np.array([-0.005, 0.0, 0.03])
+    )
