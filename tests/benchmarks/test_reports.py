@@ -1,17 +1,13 @@
-"""The report sections of the benchmarks too slow to run here (`sop bench robot`, `learner`, `rti`): given
-figures, each writes its command, the detected machine and one row per figure."""
+"""The report sections of the benchmarks too slow to run here (`sop bench robot`, `learner`; `rti` in
+test_rti.py): given figures, each writes its command, the detected machine and one row per figure."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from benchmarks.learner import Figures, LearnerBenchConfig, write_markdown
 from benchmarks.machine import describe_machine
 from benchmarks.robot import PhaseResult, RobotBenchConfig, format_report
-from benchmarks.rti import RTIBenchConfig, _markdown, benchmark_rows
-from sop.config import ConfigError, parse_config
 from sop.success_rate import wilson_interval
 
 
@@ -51,36 +47,6 @@ def test_learner_report_lists_every_figure(tmp_path: Path) -> None:
         ["ingest, 1 robot (3 episodes, 1.00 MB each)", "5.0 ep/s, 5 MB/s", "50.0 % of raw socket"],
         ["same, kept in memory", "9.0 ep/s, 9 MB/s", ""],
     ]
-
-
-def test_rti_rows_and_report() -> None:
-    config = RTIBenchConfig(
-        checkpoint="runs/bc", tasks=["reach-v3"], episodes=2, ddim_steps=[3], rti_steps=[3]
-    )
-    labels = [row.label for row in benchmark_rows(config, checkpoint_horizon=8)]
-    assert labels == ["DDPM-100 Ta=8", "DDIM-3 Ta=8", "RTI K'=3 [2, 1, 0] Ta=1"]
-    result = {
-        "label": "DDPM-100 Ta=8", "denoiser_calls_per_chunk_median": 100, "ms_per_chunk_median": 50.0,
-        "ms_per_step_mean": 7.0, "tasks": {"reach-v3": {"success_rate": 0.5, "ci95": list(wilson_interval(1, 2))}},
-        "success_rate": 0.5, "ci95": list(wilson_interval(1, 2)),
-    }  # fmt: skip
-    peer = {"lerobot_parameters": 2e6, "ours_parameters": 1e6}
-    peer |= {f"{who}_{label}_ms": 10.0 for who in ("lerobot", "ours") for label in ("DDPM-100", "DDIM-10")}
-    text = _markdown(config, [result], peer, elapsed=60.0)
-    assert "sop bench rti --checkpoint runs/bc --tasks reach-v3 --episodes 2" in text
-    assert describe_machine().summary() in text
-    rows = _table_rows(text)
-    assert rows[0][4] == "reach"
-    assert rows[1] == [
-        "DDPM-100 Ta=8", "100", "50.0", "7.00", "0.50 [0.09, 0.91]", "0.500 [0.095, 0.905]", "+0.0 pts"
-    ]  # fmt: skip
-    assert "Success: rate [Wilson 95 % interval]" in text
-    assert rows[-1] == ["DDIM-10", "10.0", "10.0", "1.00x"]
-
-
-def test_rti_needs_a_checkpoint() -> None:
-    with pytest.raises(ConfigError, match="checkpoint"):
-        parse_config(RTIBenchConfig, [])
 
 
 def test_fleet_scaling_table_gives_each_mean_success_its_pooled_interval() -> None:
