@@ -8,7 +8,9 @@ learner share one loss (per-sample weights included: HG-DAgger and RECAP weight 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -44,6 +46,8 @@ from sop.policies.observation_encoders import ObservationEncoder, global_conditi
 from sop.policies.samplers import make_ddpm_scheduler, make_sampler, rti_warm_start, snap_gripper
 
 POLICY_TYPE = "diffusion"
+
+log = logging.getLogger(__name__)
 
 
 class DiffusionNetwork(nn.Module):
@@ -103,6 +107,7 @@ class DiffusionPolicy(Policy):
         if config.instruction_encoder is InstructionEncoderKind.SENTENCE:
             shared_sentence_encoder()  # fail now, with a clear message, rather than on the first action
         self._gripper_levels = levels_by_task(config.gripper_levels)
+        self._traced_unets: dict[tuple[Any, ...], Callable[..., Tensor]] = {}
         self._last_task = ""
         self.generator = torch.Generator(device="cpu")
         self.set_sampler(sampler)
@@ -126,7 +131,30 @@ class DiffusionPolicy(Policy):
     def reseed(self, seed: int) -> None:
         self.generator.manual_seed(seed)
 
+    def _inference_unet(self, sample: Tensor, timesteps: Tensor, cond: Tensor) -> Callable[..., Tensor]:
+        """The U-Net for sampling: traced once per input shape (TorchScript), the eager module if that fails.
+
+        The denoiser is small, so on a CPU its Python module calls cost as much as its arithmetic: the traced
+        graph halves a call (1.8 -> 0.95 ms here), which is most of an RTI step. The trace shares the
+        module's parameters, so weights loaded or updated in place are what it computes with.
+        """
+        key = (str(sample.device), tuple(sample.shape), tuple(cond.shape))
+        unet = self._traced_unets.get(key)
+        if unet is None:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # TracerWarnings about Python values: shapes are fixed
+                    unet = torch.jit.trace(self.network.unet, (sample, timesteps, cond), check_trace=False)
+            except Exception as exc:  # tracing is an optimisation: sample with the eager module instead
+                log.warning(
+                    "sampling with the eager U-Net: tracing it failed (%s: %s)", type(exc).__name__, exc
+                )
+                unet = self.network.unet
+            self._traced_unets[key] = unet
+        return unet
+
     def to(self, device: str | torch.device) -> DiffusionPolicy:
+        self._traced_unets.clear()
         self.device = torch.device(device)
         self.network.to(self.device)
         self.normalizer.to(self.device)
@@ -254,11 +282,12 @@ class DiffusionPolicy(Policy):
         current = history[-1]
         task = str(current.get("task", ""))
         instruction = str(current.get("instruction", task))
-        self.network.eval()
+        if self.network.training:  # eval() walks every module: 1.6 ms, a fifth of an RTI step on this CPU
+            self.network.eval()
         cond = self._condition(state, self._observation_images(history), [task], [instruction])
 
         def denoise(sample: Tensor, timesteps: Tensor) -> Tensor:
-            out: Tensor = self.network.unet(sample, timesteps, cond)
+            out: Tensor = self._inference_unet(sample, timesteps, cond)(sample, timesteps, cond)
             return out
 
         shape = (1, self.config.prediction_horizon, self.config.action_dim)

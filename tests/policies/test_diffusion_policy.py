@@ -315,3 +315,22 @@ def test_hand_back_warm_starts_rti_from_the_executed_actions(policy_factory: Any
     cold_spy = SamplerSpy(cold)
     cold.act(obs_factory(1))
     assert cold_spy.warm_starts == [None]
+
+
+def test_the_traced_denoiser_samples_what_the_eager_one_does(policy_factory: Any, obs_factory: Any) -> None:
+    traced = policy_factory(DDIMSamplerConfig(steps=3))
+    eager = policy_factory(DDIMSamplerConfig(steps=3))
+    eager._inference_unet = lambda *_: eager.network.unet  # type: ignore[method-assign]
+    for policy in (traced, eager):
+        policy.reseed(0)
+    first = traced.predict_chunk(obs_factory(0))
+    assert np.array_equal(first.actions, eager.predict_chunk(obs_factory(0)).actions)
+    assert any(isinstance(unet, torch.jit.ScriptModule) for unet in traced._traced_unets.values())
+    # Weights changed in place (a loaded state dict) are what the trace computes with.
+    with torch.no_grad():
+        for policy in (traced, eager):
+            next(policy.network.unet.parameters()).add_(0.25)
+            policy.reseed(0)
+    changed = traced.predict_chunk(obs_factory(0))
+    assert not np.array_equal(changed.actions, first.actions)
+    assert np.array_equal(changed.actions, eager.predict_chunk(obs_factory(0)).actions)
