@@ -133,6 +133,17 @@ def test_train_bc_writes_a_loadable_checkpoint(synthetic_store: Path, tmp_path: 
     manifest = load_checkpoint(tmp_path / "out").manifest
     assert manifest.version == 4 and manifest.extra["training_step"] == 6
     assert manifest.policy_config["tasks"] == ["reach-v3"]
+    # The gripper levels come from the recorded commands of the trained task, and travel in the checkpoint.
+    ((task, released, closed),) = manifest.policy_config["gripper_levels"]
+    store = EpisodeStore(synthetic_store, create=False)
+    commands = np.concatenate(
+        [
+            store.read_columns(i.episode_id, ["action"])["action"][:, 3]
+            for i in store.list()
+            if i.task == "reach-v3"
+        ]
+    )
+    assert task == "reach-v3" and commands.min() <= released <= closed <= commands.max()
     policy = load_policy(tmp_path / "out")
     assert policy.tasks == ("reach-v3",)
     action = policy.act({"state": np.zeros(39, np.float32), "instruction": "do reach-v3", "task": "reach-v3"})
