@@ -59,12 +59,12 @@ def test_a_bad_or_harness_owned_learner_key_stops_before_anything_starts() -> No
 
 
 @pytest.mark.parametrize("name", ["demo.yaml", "demo_quick.yaml"])
-def test_the_demo_configs_still_sample_with_ddim_10(name: str) -> None:
-    assert parse_config(FleetDemoConfig, [], default_config=name).sampler == DDIMSamplerConfig(steps=10)
-    assert (
-        parse_config(FleetBenchConfig, [], default_config="bench_fleet.yaml").fleet.sampler
-        == DDIMSamplerConfig()
-    )
+def test_the_demo_and_fleet_bench_sample_with_rti_and_the_soak_with_ddim_10(name: str) -> None:
+    """Issue 12: robots and evaluation run RTI, with DDIM-10 from noise at episode start and after a swap."""
+    rti = RTISamplerConfig(cold_start=DDIMColdStartConfig(steps=10))
+    assert parse_config(FleetDemoConfig, [], default_config=name).sampler == rti
+    assert parse_config(FleetBenchConfig, [], default_config="bench_fleet.yaml").fleet.sampler == rti
+    # The soak measures the data plane: the cheapest policy step leaves the cores to ingest and the learner.
     assert (
         parse_config(SoakBenchConfig, [], default_config="bench_soak.yaml").fleet().sampler
         == DDIMSamplerConfig()
