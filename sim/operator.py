@@ -31,9 +31,15 @@ Three rules, each switchable, decide that something is wrong:
   steps with the same sub-goal compare) while the policy's proposed motion does not point toward it (the
   arm's momentum after a phase change is not the policy's fault); or, with the hand within `NEAR_OBJECT`
   of the object, the object got `away_margin` farther from the goal than its best in the window;
-- disagreement: for `disagreement_steps` steps in a row the policy's proposed hand motion pointed against
-  the expert's (cosine below `disagreement_cosine`). A proposal shorter than `min_action`, or an expert
-  already at its sub-goal, has no direction to judge and leaves the count as it was.
+- disagreement: for `disagreement_steps` steps in a row the policy's proposal disagreed with what the
+  expert would do: its hand motion pointed against the expert's (cosine below `disagreement_cosine`), or
+  its gripper command differed from the expert's by more than `gripper_tolerance` (a hand closing on
+  the way to the puck, long before it is there). A proposal shorter than `min_action`, or an expert
+  already at its sub-goal, has no direction to judge; the gripper is judged on every step. Without the
+  gripper in the rule, a push policy that closes its hand 4-10 cm before the puck (the failures of one
+  demo's final policy: 36-190 of their steps with the gripper against the expert's, against 1-6 in
+  the solved episodes) was taken over only later, far from the mistake, and the corrections never
+  showed the hand staying open on the way in.
 
 With the scripted expert driving, 100 seeded episodes per task, none of the 995 it solves is taken over;
 the 5 door-open episodes where its hand wedges against the door and stays there are, as stalled.
@@ -188,11 +194,18 @@ class SimulatedOperatorConfig:
     take_over_on_disagreement: bool = True
     disagreement_steps: int = field(
         default=10,
-        metadata={"help": "consecutive steps the hand moves against the expert's action before taking over"},
+        metadata={"help": "consecutive steps the proposal disagrees with the expert's before taking over"},
     )
     disagreement_cosine: float = field(
         default=0.0,
         metadata={"help": "the hand's motion 'disagrees' below this cosine with the expert's action"},
+    )
+    gripper_tolerance: float | None = field(
+        default=0.3,
+        metadata={
+            "help": "a gripper command further than this from the expert's disagrees (command units, "
+            "the action range is [-1, 1]); null: the gripper is not judged"
+        },
     )
     min_action: float = field(
         default=0.2,
@@ -231,6 +244,12 @@ class SimulatedOperatorConfig:
             raise ValueError(f"recovery_fraction must be in [0, 1], got {self.recovery_fraction!r}")
         if not 0.0 <= self.progress_fraction <= 1.0:
             raise ValueError(f"progress_fraction must be in [0, 1], got {self.progress_fraction!r}")
+        if self.gripper_tolerance is not None and not (
+            np.isfinite(self.gripper_tolerance) and self.gripper_tolerance >= 0
+        ):
+            raise ValueError(
+                f"gripper_tolerance must be a finite number >= 0 or null, got {self.gripper_tolerance!r}"
+            )
         if not -1.0 <= self.disagreement_cosine <= 1.0:
             raise ValueError(f"disagreement_cosine must be in [-1, 1], got {self.disagreement_cosine!r}")
         if self.max_control_steps < self.min_control_steps:
@@ -404,9 +423,14 @@ class SimulatedOperator:
                 and to_subgoal > config.subgoal_tolerance
                 and np.linalg.norm(wanted) > 0
             )
+            grip_judged = config.gripper_tolerance is not None
+            disagrees = grip_judged and abs(float(proposal[3]) - float(expert_action[3])) > float(
+                config.gripper_tolerance or 0.0
+            )
             if judgeable:
                 cosine = float(proposed @ wanted / (np.linalg.norm(proposed) * np.linalg.norm(wanted)))
-                disagrees = cosine < config.disagreement_cosine
+                disagrees = disagrees or cosine < config.disagreement_cosine
+            if judgeable or grip_judged:
                 self._disagree_streak = self._disagree_streak + 1 if disagrees else 0
 
         seen = _Seen(

@@ -348,6 +348,8 @@ def test_operator_noise_is_gaussian_seeded_and_clipped() -> None:
         ({"min_action": float("nan")}, "min_action"),
         ({"progress_fraction": 1.5}, "progress_fraction"),
         ({"disagreement_cosine": -2.0}, "disagreement_cosine"),
+        ({"gripper_tolerance": -0.1}, "gripper_tolerance"),
+        ({"gripper_tolerance": float("nan")}, "gripper_tolerance"),
     ],
 )
 def test_bad_operator_config_names_the_field(overrides: dict[str, object], field_name: str) -> None:
@@ -412,14 +414,18 @@ Policy = Callable[[np.ndarray], np.ndarray]
 
 
 def watch(
-    env: sim.MetaWorldEnv, seed: int, policy: Policy, until_takeover: bool = False
+    env: sim.MetaWorldEnv,
+    seed: int,
+    policy: Policy,
+    until_takeover: bool = False,
+    config: SimulatedOperatorConfig | None = None,
 ) -> tuple[SimulatedOperator, bool]:
     """One seeded episode of `policy` with the default operator watching (and driving once it takes over).
 
     It ends at success (the operator has nothing left to judge), at the env's step limit, or at the first
     take-over when `until_takeover`. Returns the operator (its events) and whether the task succeeded.
     """
-    operator = SimulatedOperator(env.task, SimulatedOperatorConfig(), seed=seed)
+    operator = SimulatedOperator(env.task, config or SimulatedOperatorConfig(), seed=seed)
     observation, info = env.reset(seed=seed)
     operator.reset(observation)
     while True:
@@ -467,8 +473,14 @@ def test_a_stuck_policy_is_taken_over_once_a_window_passes_without_progress(
     task_env: sim.MetaWorldEnv,
 ) -> None:
     config = SimulatedOperatorConfig()
+    expert = ScriptedExpert(task_env.task)
+
+    def stuck(state: np.ndarray) -> np.ndarray:
+        # The hand does not move; the gripper does what the expert's does, so only the stall is wrong.
+        return np.append(np.zeros(3), expert.act(state)[3]).astype(np.float32)
+
     for seed in range(3):
-        operator, _ = watch(task_env, seed, lambda state: np.zeros(4, dtype=np.float32), until_takeover=True)
+        operator, _ = watch(task_env, seed, stuck, until_takeover=True)
         takeover = operator.events[0]
         assert isinstance(takeover, TakeOver) and takeover.reason is TakeOverReason.STALLED
         # A window after the first step (one more where the reset observation shows the object elsewhere).
@@ -530,3 +542,29 @@ def test_push_expert_sub_goal_is_the_reopen_point_while_it_reopens_the_fingers()
     np.testing.assert_allclose(
         ScriptedExpert("push-v3").subgoal(open_above), puck + np.array([-0.005, 0.0, 0.03])
     )
+
+
+def closing_early_push_policy() -> Policy:
+    """Moves the hand as push's expert does, with the gripper closed from the first step."""
+    expert = ScriptedExpert("push-v3")
+    return lambda state: np.append(expert.act(state)[:3], 0.6).astype(np.float32)
+
+
+def test_a_hand_closing_on_the_way_to_the_puck_is_taken_over_near_the_mistake() -> None:
+    # The hand moves as the expert's does but closes from the start: what a person sees as "it grabs too
+    # early". Judged on the gripper too, the operator takes over within a disagreement window, long
+    # before the hand is at the puck; judged on the motion alone it would let it go on much longer.
+    env = sim.make_env("push-v3", sim.EnvConfig(max_episode_steps=200))
+    config = SimulatedOperatorConfig()
+    try:
+        for seed in range(3):
+            operator, _ = watch(env, seed, closing_early_push_policy(), until_takeover=True)
+            takeover = operator.events[0]
+            assert isinstance(takeover, TakeOver) and takeover.reason is TakeOverReason.DISAGREEMENT
+            assert takeover.step <= config.disagreement_steps + config.reaction_delay, takeover
+
+            blind_config = SimulatedOperatorConfig(gripper_tolerance=None)
+            blind, _ = watch(env, seed, closing_early_push_policy(), until_takeover=True, config=blind_config)
+            assert not blind.events or blind.events[0].step > 2 * takeover.step, blind.events
+    finally:
+        env.close()
