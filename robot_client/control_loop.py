@@ -186,8 +186,12 @@ class ControlLoop:
             return False
         if self.current is not None and pending.version <= self.current.version:
             log.info("ignoring pending policy v%d: v%d already runs", pending.version, self.current.version)
+            if pending.refillable:
+                self.slot.retire(pending.policy)
             return False
         previous = self.policy_version
+        if self.current is not None and self.current.refillable:
+            self.slot.retire(self.current.policy)
         self.current = pending
         pending.policy.reset()
         self._steps_in_chunk = 0

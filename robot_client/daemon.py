@@ -166,7 +166,9 @@ class RobotDaemon:
                 )
                 return LoadedPolicy(policy, int(policy.version), digest, "base")
         if self._base_policy is not None:
-            return LoadedPolicy(self._base_policy, int(self._base_policy.version), "", "base")
+            return LoadedPolicy(
+                self._base_policy, int(self._base_policy.version), "", "base", refillable=False
+            )
         return None
 
     def _passes_dry_run(self, policy: Policy, version: int, digest: str, what: str) -> bool:

@@ -39,6 +39,7 @@ from robot_client.metrics import RobotMetrics
 from sop.durable_files import write_atomically, write_json_atomically
 from sop.fleet_trust import CheckpointVerifier, SignatureError
 from sop.hashing import sha256_hex
+from sop.safe_logging import client_str
 from sop.v1 import fleet_pb2
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ class Policy(Protocol):
 
     def continue_from_actions(self, executed: np.ndarray) -> None: ...
 
+    def load_weights_in_place(self, blob: bytes, expected_sha256: str | None = None) -> bool: ...
+
 
 # (blob, expected sha256 or None) -> a ready policy. Raises (CheckpointError or anything) when it cannot.
 PolicyLoader = Callable[[bytes, "str | None"], Policy]
@@ -69,22 +72,41 @@ class LoadedPolicy:
     version: int
     sha256: str
     source: str  # "base", "last_good" or "learner"
+    refillable: bool = True  # built by the robot (not a caller's object): may be refilled once retired
 
 
 class PolicySlot:
     """The hand-over point between PolicySync (writer) and the control loop (reader): one pending policy,
-    the newest wins. The control loop takes it only at a boundary, so a swap never happens mid-chunk."""
+    the newest wins. The control loop takes it only at a boundary, so a swap never happens mid-chunk.
+
+    It also keeps one *spare*: a policy nobody runs any more (the one a swap replaced, or a pending one a
+    newer checkpoint superseded). PolicySync refills the spare with the next checkpoint's weights when they
+    fit (`Policy.load_weights_in_place`) instead of building a policy from scratch.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pending: LoadedPolicy | None = None
+        self._spare: Policy | None = None
         self.available = threading.Event()
 
     def offer(self, loaded: LoadedPolicy) -> None:
         with self._lock:
             if self._pending is None or loaded.version > self._pending.version:
+                if self._pending is not None:
+                    self._spare = self._pending.policy
                 self._pending = loaded
                 self.available.set()
+
+    def retire(self, policy: Policy) -> None:
+        """The control loop no longer runs `policy` (and never will): it may be refilled."""
+        with self._lock:
+            self._spare = policy
+
+    def take_spare(self) -> Policy | None:
+        with self._lock:
+            spare, self._spare = self._spare, None
+            return spare
 
     def take(self) -> LoadedPolicy | None:
         with self._lock:
@@ -184,6 +206,7 @@ class PolicySync:
         self.incoming.mkdir(parents=True, exist_ok=True)
         self.rejected: set[tuple[int, str]] = set()
         self.latest_version_seen = 0
+        self.loaded_in_place = 0  # checkpoints taken into a spare policy rather than a newly built one
         self._announcement: fleet_pb2.PolicyAnnouncement | None = None
         self._announced = threading.Condition()
         self._stop = threading.Event()
@@ -404,9 +427,23 @@ class PolicySync:
             )
         return blob
 
+    def _refill_spare(self, blob: bytes, digest: str) -> Policy | None:
+        """The slot's spare policy holding this blob's weights, or None (no spare, or they do not fit)."""
+        spare = self.slot.take_spare()
+        if spare is None:
+            return None
+        try:
+            refilled = spare.load_weights_in_place(blob, digest)
+        except Exception as exc:  # the loader below gets the blob too and rejects it with the reason
+            log.debug("spare policy not refilled: %s: %s", type(exc).__name__, client_str(exc, 200))
+            return None
+        if refilled:
+            self.loaded_in_place += 1
+        return spare if refilled else None
+
     def _accept(self, announcement: fleet_pb2.PolicyAnnouncement, blob: bytes) -> None:
         try:
-            policy = self.loader(blob, announcement.sha256)
+            policy = self._refill_spare(blob, announcement.sha256) or self.loader(blob, announcement.sha256)
         except Exception as exc:  # any failure to build the policy rejects the checkpoint, never the robot
             raise CheckpointRejected("load_failed", f"{type(exc).__name__}: {exc}") from exc
         if int(policy.version) != int(announcement.version):

@@ -206,3 +206,13 @@ class Policy(abc.ABC):
     @abc.abstractmethod
     def to_bytes(self, version: int | None = None, parent_version: int | None = None) -> bytes:
         """The checkpoint blob that travels over gRPC (the same bytes `save` writes)."""
+
+    def load_weights_in_place(self, blob: bytes, expected_sha256: str | None = None) -> bool:
+        """Take a checkpoint blob's weights and version into this policy, if it was built for the same network.
+
+        For a robot that swaps checkpoints every few seconds: a policy it no longer runs is refilled instead of
+        building a new one (which for the diffusion policy also means tracing its U-Net again). True when the
+        weights were taken; False when they do not fit (the caller builds a new policy); a blob that does not
+        read raises as loading it would. This default takes nothing.
+        """
+        return False

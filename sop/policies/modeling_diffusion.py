@@ -442,6 +442,34 @@ class DiffusionPolicy(Policy):
     ) -> DiffusionPolicy:
         return cls.from_checkpoint(checkpoint_from_bytes(blob, expected_sha256), sampler, device)
 
+    def load_weights_in_place(self, blob: bytes, expected_sha256: str | None = None) -> bool:
+        """`Policy.load_weights_in_place`: the same config and statistics are required; the tensors are copied
+        into this policy's own, so its traced U-Nets (which share them) stay valid: no re-trace (~0.2-0.4 s
+        of CPU per checkpoint on a robot, a fifth of a demo robot's CPU when the learner published every few
+        seconds)."""
+        checkpoint = checkpoint_from_bytes(blob, expected_sha256)
+        manifest = checkpoint.manifest
+        if manifest.policy_type != POLICY_TYPE:
+            return False
+        try:
+            config = config_from_dict(DiffusionPolicyConfig, manifest.policy_config)
+            stats = NormalizationStats.from_dict(manifest.normalization)
+        except (ConfigError, NormalizationError):
+            return False  # building a policy from it names the problem
+        if config != self.config or stats.to_dict() != self.stats.to_dict():
+            return False
+        own = self.network.state_dict()
+        if set(checkpoint.tensors) != set(own) or any(
+            tensor.shape != own[name].shape for name, tensor in checkpoint.tensors.items()
+        ):
+            return False
+        with torch.no_grad():
+            self.network.load_state_dict(checkpoint.tensors, strict=True)
+        self.version = manifest.version
+        self.parent_version = manifest.parent_version
+        self.reset()
+        return True
+
     def with_weights(self, state_dict: Mapping[str, Tensor], version: int | None = None) -> DiffusionPolicy:
         """A new policy with this one's config, statistics and sampler and the given weights (e.g. the EMA).
 

@@ -334,3 +334,32 @@ def test_the_traced_denoiser_samples_what_the_eager_one_does(policy_factory: Any
     changed = traced.predict_chunk(obs_factory(0))
     assert not np.array_equal(changed.actions, first.actions)
     assert np.array_equal(changed.actions, eager.predict_chunk(obs_factory(0)).actions)
+
+
+def test_a_policy_takes_another_checkpoint_of_its_network_in_place_without_tracing_again(  # type: ignore[no-untyped-def]
+    policy_factory, obs_factory
+) -> None:
+    make_policy, observation = policy_factory, obs_factory
+    robot = make_policy(DDIMSamplerConfig(steps=3))
+    robot.act(observation(0))  # traces the sampling U-Net
+    traced = dict(robot._traced_unets)
+    assert traced
+    torch.manual_seed(1)
+    newer = make_policy(DDIMSamplerConfig(steps=3))
+    with torch.no_grad():
+        for parameter in newer.network.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    blob = newer.to_bytes(version=7, parent_version=6)
+
+    assert robot.load_weights_in_place(blob)
+    assert (robot.version, robot.parent_version) == (7, 6)
+    assert robot._traced_unets == traced  # the same traced graphs, now computing with v7's weights
+    robot.reset(seed=3)
+    newer.reset(seed=3)
+    np.testing.assert_allclose(robot.act(observation(1)), newer.act(observation(1)), atol=1e-5)
+
+    other_network = make_policy(DDIMSamplerConfig(steps=3), down_dims=(16, 16))
+    assert not robot.load_weights_in_place(other_network.to_bytes(version=8))
+    assert robot.version == 7  # unchanged
+    with pytest.raises(CheckpointError):
+        robot.load_weights_in_place(blob, expected_sha256="0" * 64)

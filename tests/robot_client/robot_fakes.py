@@ -190,6 +190,18 @@ class FaultyPolicy(FakePolicy):
         return {**super().policy_config(), "fault": self.fault}
 
 
+class RefillableFakePolicy(FakePolicy):
+    """A FakePolicy that takes another fake checkpoint's version in place (`Policy.load_weights_in_place`)."""
+
+    def load_weights_in_place(self, blob: bytes, expected_sha256: str | None = None) -> bool:
+        loaded = fake_policy_loader(blob, expected_sha256)
+        if loaded.policy_config() != self.policy_config():
+            return False
+        self.version = loaded.version
+        self.reset()
+        return True
+
+
 def fake_policy_loader(blob: bytes, expected_sha256: str | None) -> FakePolicy:
     """The daemon's loader contract: verify (sha256 + weights hash, the real checks), then build."""
     checkpoint = checkpoint_from_bytes(blob, expected_sha256)

@@ -134,6 +134,18 @@ def test_policy_slot_keeps_the_newest() -> None:
     assert taken is not None and taken.version == 3 and slot.take() is None
 
 
+def test_policy_slot_keeps_a_policy_nobody_runs_as_its_spare() -> None:
+    slot = PolicySlot()
+    assert slot.take_spare() is None
+    superseded, newer = FakePolicy(2), FakePolicy(3)
+    slot.offer(LoadedPolicy(superseded, 2, "", "learner"))
+    slot.offer(LoadedPolicy(newer, 3, "", "learner"))  # v2 was never taken: nobody will run it
+    assert slot.take_spare() is superseded and slot.take_spare() is None
+    retired = FakePolicy(1)
+    slot.retire(retired)  # the control loop swapped it out
+    assert slot.take_spare() is retired
+
+
 def test_channel_sends_the_robot_token(tmp_path: object) -> None:
     channel = LearnerChannel(LearnerLinkConfig(address="127.0.0.1:9"), "robot-7", token="s3cret")
     try:

@@ -10,7 +10,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from fake_learner import FakeLearner
-from robot_fakes import ConfigFactory, FakePolicy, FakeRobot, fake_blob, fake_policy_loader, tamper
+from robot_fakes import (
+    ConfigFactory,
+    FakePolicy,
+    FakeRobot,
+    RefillableFakePolicy,
+    fake_blob,
+    fake_policy_loader,
+    tamper,
+)
 
 from cloud_learner.config import AuthConfig, LearnerConfig, ServerConfig, TrainerConfig
 from cloud_learner.service import LearnerService
@@ -27,6 +35,41 @@ def make_daemon(config: object, base_version: int = 1) -> RobotDaemon:
         policy_loader=fake_policy_loader,
         base_policy=FakePolicy(base_version),
     )
+
+
+def refillable_loader(blob: bytes, expected_sha256: str | None) -> FakePolicy:
+    return RefillableFakePolicy(fake_policy_loader(blob, expected_sha256).version)
+
+
+def test_a_retired_policy_is_refilled_with_the_next_checkpoint(
+    learner: FakeLearner, robot_config: ConfigFactory
+) -> None:
+    # Each swap retires the policy it replaced; the next checkpoint's weights go into it instead of into a
+    # newly built one (a diffusion policy would otherwise trace its U-Net again for every checkpoint).
+    config = robot_config(learner.address, control=ControlConfig(rate_hz=200.0, max_episode_steps=30))
+    daemon = RobotDaemon(
+        config,  # type: ignore[arg-type]
+        robot=FakeRobot(),
+        policy_loader=refillable_loader,
+        base_policy=FakePolicy(1),  # the caller's object: never refilled
+    )
+    daemon.start(max_episodes=12)
+    assert learner.wait_for(lambda: len(daemon.summaries) >= 1)
+    for version in (2, 3, 4):
+        learner.publish(version, fake_blob(version))
+        assert learner.wait_for(lambda v=version: daemon.policy_version == v)  # type: ignore[misc]
+    assert daemon.wait(15)
+    daemon.stop()
+    sync = daemon.policy_sync
+    assert sync is not None
+    # v2 is built (only the caller's v1 was retired); v3 is built too (v2 still runs), v4 refills v2.
+    assert sync.loaded_in_place == 1
+    versions = [s.policy_versions[0] for s in daemon.summaries]
+    assert versions == sorted(versions) and versions[-1] == 4
+    for episode in learner.state.committed.values():  # every action still says which version acted
+        version = set(episode.steps[POLICY_VERSION].tolist())
+        assert len(version) == 1
+        assert abs(float(episode.steps[ACTION][0, 0]) - version.pop() / 100) < 1e-6
 
 
 def rejected(daemon: RobotDaemon) -> dict[str, float]:
