@@ -443,7 +443,9 @@ class PolicySync:
 
     def _accept(self, announcement: fleet_pb2.PolicyAnnouncement, blob: bytes) -> None:
         try:
-            policy = self._refill_spare(blob, announcement.sha256) or self.loader(blob, announcement.sha256)
+            policy = self._refill_spare(blob, announcement.sha256)
+            if policy is None:
+                policy = self.loader(blob, announcement.sha256)
         except Exception as exc:  # any failure to build the policy rejects the checkpoint, never the robot
             raise CheckpointRejected("load_failed", f"{type(exc).__name__}: {exc}") from exc
         if int(policy.version) != int(announcement.version):

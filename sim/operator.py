@@ -423,9 +423,10 @@ class SimulatedOperator:
                 and to_subgoal > config.subgoal_tolerance
                 and np.linalg.norm(wanted) > 0
             )
-            grip_judged = config.gripper_tolerance is not None
-            disagrees = grip_judged and abs(float(proposal[3]) - float(expert_action[3])) > float(
-                config.gripper_tolerance or 0.0
+            tolerance = config.gripper_tolerance
+            grip_judged = tolerance is not None
+            disagrees = (
+                tolerance is not None and abs(float(proposal[3]) - float(expert_action[3])) > tolerance
             )
             if judgeable:
                 cosine = float(proposed @ wanted / (np.linalg.norm(proposed) * np.linalg.norm(wanted)))
