@@ -16,6 +16,10 @@ for one and Ta steps for the other, so per-chunk costs do not compare. Hence the
 - `RTI K'=k (Ta=1)` for k in `rti_steps`, each right after `DDIM-k (Ta=1)`: the same denoiser calls per
   control step (apart from RTI's cold start at each episode start), from a warm start instead of noise. The
   difference between the two rows of a pair is what the warm start is worth.
+- `RTI K'=k from t=t0 (Ta=1)` for each t0 in `rti_first_timesteps` (20 by default) above k-1: the same K'
+  denoiser calls, spaced evenly from t0 down to 0 (K'=3 from t=20 runs 20, 10, 0: the sampler's default).
+  RTI-DP's last timesteps refine at noise levels up to ~0.06 and cannot turn a plan the new observation
+  contradicts (sop/policies/samplers.py); these rows show what starting higher is worth.
 - `DDIM-k (Ta=h)` and `RTI K'=k (Ta=h)` for each extra h in `rti_execution_horizons` (none by default).
 
 Every row evaluates the same checkpoint on the same seeded held-out episodes (`sim.evaluate`, `episodes` per
@@ -93,6 +97,13 @@ class RTIBenchConfig:
     rti_execution_horizons: list[int] = field(
         default_factory=list, metadata={"help": "extra Ta for RTI rows (each with its DDIM-K' row)"}
     )
+    rti_first_timesteps: list[int] = field(
+        default_factory=lambda: [20],
+        metadata={
+            "help": "first warm-start timesteps t0 beside RTI-DP's K'-1: a row 'RTI K'=k from t=t0' per K', "
+            "its timesteps spaced evenly from t0 to 0 (the sampler's default is K'=3 from t=20)"
+        },
+    )
     ddpm: bool = True
     lerobot_peer: bool = True
     threads: int = 1
@@ -104,7 +115,7 @@ class RTIBenchConfig:
             raise ValueError("checkpoint: name the checkpoint to benchmark (--checkpoint DIR)")
         if self.episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {self.episodes}")
-        for name in ("ddim_steps", "rti_steps", "rti_execution_horizons"):
+        for name in ("ddim_steps", "rti_steps", "rti_execution_horizons", "rti_first_timesteps"):
             values = getattr(self, name)
             if any(value < 1 for value in values):
                 raise ValueError(f"{name} must all be >= 1, got {values}")
@@ -119,9 +130,15 @@ class Row:
     execution_horizon: int  # Ta, resolved against the checkpoint's
 
 
-def rti_sampler(k: int, execution_horizon: int) -> RTISamplerConfig:
-    """RTI with K' = k: timesteps k-1, ..., 0 of the DDPM index space, the default cold start."""
-    return RTISamplerConfig(timesteps=tuple(range(k - 1, -1, -1)), execution_horizon=execution_horizon)
+def rti_sampler(k: int, execution_horizon: int, first_timestep: int | None = None) -> RTISamplerConfig:
+    """RTI with K' = k, the default cold start: RTI-DP's timesteps k-1, ..., 0 of the DDPM index space, or
+    k timesteps spaced evenly from `first_timestep` down to 0."""
+    if first_timestep is None or k == 1:
+        start = k - 1 if first_timestep is None else first_timestep
+        timesteps = tuple(range(start, start - k, -1))
+    else:
+        timesteps = tuple(sorted({round(first_timestep * i / (k - 1)) for i in range(k)}, reverse=True))
+    return RTISamplerConfig(timesteps=timesteps, execution_horizon=execution_horizon)
 
 
 def benchmark_rows(config: RTIBenchConfig, checkpoint_horizon: int) -> list[Row]:
@@ -143,6 +160,9 @@ def benchmark_rows(config: RTIBenchConfig, checkpoint_horizon: int) -> list[Row]
         for k in config.rti_steps:
             add(f"DDIM-{k}", DDIMSamplerConfig(steps=k, execution_horizon=horizon))
             add(f"RTI K'={k}", rti_sampler(k, horizon))
+            for first in config.rti_first_timesteps:
+                if first > k - 1:
+                    add(f"RTI K'={k} from t={first}", rti_sampler(k, horizon, first))
     return list(rows.values())
 
 

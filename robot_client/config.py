@@ -247,7 +247,7 @@ class PolicyConfig:
     # chunk boundary within an episode.
     swap_at: SwapPoint = SwapPoint.EPISODE
     # How the policy draws each chunk: the policy's own sampler config (sop/policies/configuration_diffusion.py),
-    # a choice selected by `type`: `sampler: {type: ddim, steps: 10}` or `{type: rti, timesteps: [2, 1, 0]}`.
+    # a choice selected by `type`: `sampler: {type: ddim, steps: 10}` or `{type: rti, timesteps: [20, 10, 0]}`.
     # RTI (the default) warm-starts each chunk from the previous one.
     sampler: SamplerConfig = field(default_factory=RTISamplerConfig)
     # torch intra-op threads of the policy (the control thread and the uploader share a small CPU).

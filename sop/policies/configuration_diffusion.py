@@ -371,9 +371,13 @@ class RTISamplerConfig(SamplerConfig):
         default=1,
         metadata={"help": "Ta: RTI-DP re-plans every control step (3 calls each); null: the checkpoint's"},
     )
-    timesteps: tuple[int, ...] = field(
-        default=(2, 1, 0),
-        metadata={"help": "the last K' timesteps run on a warm start (DDPM index space), decreasing"},
+    timesteps: tuple[int, ...] | None = field(
+        default=None,
+        metadata={
+            "help": "the K' timesteps run on a warm start (DDPM index space), decreasing; null: 20 %% and 10 %% "
+            "of the checkpoint's num_train_timesteps, then 0 ((20, 10, 0) at 100); RTI-DP's (2, 1, 0) start "
+            "too low to turn a plan (samplers.py)"
+        },
     )
     cold_start: ColdStartConfig = field(
         default_factory=DDIMColdStartConfig,
@@ -387,6 +391,8 @@ class RTISamplerConfig(SamplerConfig):
         super().__post_init__()
         if isinstance(self.timesteps, list):
             object.__setattr__(self, "timesteps", tuple(self.timesteps))
+        if self.timesteps is None:
+            return
         if not self.timesteps:
             raise ValueError("timesteps must list at least one timestep")
         if any(t < 0 for t in self.timesteps):
@@ -397,7 +403,15 @@ class RTISamplerConfig(SamplerConfig):
     def build(self, config: DiffusionPolicyConfig) -> RTISampler:
         from sop.policies.samplers import RTISampler
 
-        return RTISampler(config, self.timesteps, self.cold_start.build(config))
+        timesteps = self.timesteps or default_rti_timesteps(config.num_train_timesteps)
+        return RTISampler(config, timesteps, self.cold_start.build(config))
+
+
+def default_rti_timesteps(num_train_timesteps: int) -> tuple[int, ...]:
+    """RTI's warm-start timesteps when the config names none: 20 % and 10 % of the schedule, then 0
+    ((20, 10, 0) of 100; noise levels 0.33 and 0.18 on the squared cosine schedule), fewer where they coincide."""
+    spaced = (round(0.2 * num_train_timesteps), round(0.1 * num_train_timesteps), 0)
+    return tuple(sorted(set(spaced), reverse=True))
 
 
 def _at_least_one(name: str, value: int | None) -> None:

@@ -6,8 +6,17 @@
   DDIM-10, a short stall; RTI-DP's full DDPM schedule is an option); every later chunk starts from the
   previous chunk shifted by the executed steps (last action repeated; `rti_warm_start`), or after an
   operator's hand-back from the executed actions, used directly as the sample at the first listed timestep
-  (no re-noising, as in RTI-DP's public code), and runs only the last K' timesteps, e.g. (2, 1, 0), in the
-  DDPM index space. A warm start of None means "solve from noise": after reset() or a policy swap.
+  (no re-noising, as in RTI-DP's public code), and runs only K' listed timesteps in the DDPM index space,
+  each DDPM step going to the next listed timestep. A warm start of None means "solve from noise": after
+  reset() or a policy swap.
+
+  Which timesteps: RTI-DP's (2, 1, 0) start where the noise level is sigma = 0.06 (squared cosine, 100
+  steps); a denoiser there can only move the warm start by about that much, so a chunk can never turn
+  away from the previous plan (the tail of which is the last action repeated): a trained policy kept driving
+  a button-press hand forward past the button for 10+ steps while the expert had stopped (0.33 held-out
+  success, against 1.00 for the same weights with DDIM-10). The default (20, 10, 0) starts at sigma = 0.33,
+  where the denoiser re-plans and the warm start still carries the plan: 0.975 on the same checkpoint, 3
+  denoiser calls per step either way (BENCHMARKS.md, "RTI's first timestep").
 
 Schedules come from diffusers (`DDPMScheduler`/`DDIMScheduler`, squared cosine, epsilon prediction); each
 sampler owns its scheduler instance because `set_timesteps` mutates it.
@@ -153,11 +162,15 @@ class RTISampler:
             raise ValueError(
                 f"RTI timesteps must lie in [0, {config.num_train_timesteps}), got {tuple(timesteps)}"
             )
+        if list(timesteps) != sorted(set(timesteps), reverse=True):
+            raise ValueError(f"RTI timesteps must be strictly decreasing, got {tuple(timesteps)}")
         self.cold_start = cold_start or DDIMSampler(config, 10)
-        # Stepping with set_timesteps(num_train_timesteps) makes each step go from t to t-1, as in RTI-DP.
-        self.scheduler = make_ddpm_scheduler(config)
-        self.scheduler.set_timesteps(config.num_train_timesteps)
         self.timesteps = [int(t) for t in timesteps]
+        # DDPM steps from each listed timestep to the next listed one (the last to 0): consecutive timesteps,
+        # RTI-DP's (2, 1, 0), step t -> t-1; spaced ones, the default (20, 10, 0), jump as DDPM does at
+        # fewer inference steps.
+        self.scheduler = make_ddpm_scheduler(config)
+        self.scheduler.set_timesteps(timesteps=self.timesteps)
 
     def sample(
         self,

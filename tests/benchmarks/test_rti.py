@@ -69,18 +69,24 @@ def test_default_rows_pair_each_rti_k_with_ddim_k_at_ta_1() -> None:
         "DDIM-3 (Ta=1)",
         "DDIM-2 (Ta=1)",
         "RTI K'=2 (Ta=1)",
+        "RTI K'=2 from t=20 (Ta=1)",
         "RTI K'=3 (Ta=1)",
+        "RTI K'=3 from t=20 (Ta=1)",
         "DDIM-4 (Ta=1)",
         "RTI K'=4 (Ta=1)",
+        "RTI K'=4 from t=20 (Ta=1)",
         "DDIM-5 (Ta=1)",
         "RTI K'=5 (Ta=1)",
+        "RTI K'=5 from t=20 (Ta=1)",
     ]
     by_label = {row.label: row for row in rows}
     assert by_label["DDPM-100 (Ta=8)"].sampler == DDPMSamplerConfig()
     assert by_label["DDIM-3 (Ta=8)"].sampler == DDIMSamplerConfig(steps=3)
     assert by_label["DDIM-3 (Ta=1)"].sampler == DDIMSamplerConfig(steps=3, execution_horizon=1)
     assert by_label["RTI K'=3 (Ta=1)"].sampler == RTISamplerConfig(timesteps=(2, 1, 0), execution_horizon=1)
-    assert [row.execution_horizon for row in rows] == [8, 8, 8] + [1] * 9
+    spaced = {k: by_label[f"RTI K'={k} from t=20 (Ta=1)"].sampler.timesteps for k in (2, 3, 4, 5)}
+    assert spaced == {2: (20, 0), 3: (20, 10, 0), 4: (20, 13, 7, 0), 5: (20, 15, 10, 5, 0)}
+    assert [row.execution_horizon for row in rows] == [8, 8, 8] + [1] * 13
 
 
 @pytest.mark.parametrize("ddim_steps", [[10, 3], [10], []])

@@ -4,10 +4,12 @@ configs (a choice per kind, each building its sampler; the older flat spelling s
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from torch import Tensor
 
 from sop.config import ConfigError, config_from_dict, config_to_dict
 from sop.policies.configuration_diffusion import (
@@ -24,6 +26,7 @@ from sop.policies.samplers import (
     DDIMSampler,
     DDPMSampler,
     RTISampler,
+    make_ddpm_scheduler,
     make_sampler,
     rti_warm_start,
     shift_chunk,
@@ -95,6 +98,69 @@ def test_rti_runs_only_the_listed_timesteps_from_the_warm_start_itself() -> None
     assert torch.equal(denoiser.inputs[0], warm_start)
 
 
+def gaussian_data_denoiser(
+    mean: float, std: float, config: DiffusionPolicyConfig
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """The exact noise prediction for data drawn from N(mean, std^2) per entry: a trained denoiser's behaviour
+    in miniature (at low noise it trusts its input, at higher noise it pulls toward the data)."""
+    alphas_cumprod = make_ddpm_scheduler(config).alphas_cumprod
+
+    def denoise(sample: Tensor, timesteps: Tensor) -> Tensor:
+        alpha_bar = alphas_cumprod[int(timesteps[0])]
+        gain = alpha_bar.sqrt() * std**2 / (alpha_bar * std**2 + 1 - alpha_bar)
+        clean = mean + gain * (sample - alpha_bar.sqrt() * mean)
+        return (sample - alpha_bar.sqrt() * clean) / (1 - alpha_bar).sqrt()
+
+    return denoise
+
+
+def test_rti_from_timestep_20_turns_a_plan_that_rti_dps_last_timesteps_cannot() -> None:
+    """A warm start 1.0 away from everything the data holds (a previous plan the new observation contradicts):
+    RTI-DP's (2, 1, 0), at noise levels up to 0.06, leave it nearly where it was; the default (20, 10, 0)
+    brings it to the data. This is why a trained button-press policy with (2, 1, 0) drove past the button."""
+    denoise = gaussian_data_denoiser(mean=-0.5, std=0.1, config=CONFIG)
+    warm_start = torch.full(SHAPE, 0.5)
+
+    def final(timesteps: tuple[int, ...]) -> Tensor:
+        sampler = RTISampler(CONFIG, timesteps)
+        generator = torch.Generator().manual_seed(0)
+        return sampler.sample(denoise, SHAPE, generator, torch.device("cpu"), warm_start).trajectory
+
+    assert make_sampler(CONFIG, RTISamplerConfig()).timesteps == [20, 10, 0]
+    assert (final((2, 1, 0)) - 0.5).abs().mean() < 0.25  # barely moved from the old plan
+    assert (final((20, 10, 0)) + 0.5).abs().mean() < 0.15  # at the data
+
+
+def test_rti_steps_go_from_each_listed_timestep_to_the_next() -> None:
+    """Consecutive timesteps are RTI-DP's t -> t-1 steps exactly; spaced ones step between listed timesteps
+    (with t -> t-1 steps, (20, 10, 0) would hand the denoiser a sample at 19 and call it 10)."""
+    denoise = gaussian_data_denoiser(mean=0.2, std=0.3, config=CONFIG)
+    warm_start = torch.linspace(-0.5, 0.5, SHAPE[1] * SHAPE[2]).reshape(SHAPE)
+
+    def by_hand(timesteps: list[int]) -> Tensor:
+        scheduler = make_ddpm_scheduler(CONFIG)
+        scheduler.set_timesteps(CONFIG.num_train_timesteps)  # RTI-DP's stepping: t -> t-1
+        sample, generator = warm_start.clone(), torch.Generator().manual_seed(3)
+        for t in timesteps:
+            noise = denoise(sample, torch.full((1,), t))
+            sample = scheduler.step(noise, t, sample, generator=generator).prev_sample
+        return sample
+
+    def rti(timesteps: tuple[int, ...]) -> Tensor:
+        generator = torch.Generator().manual_seed(3)
+        return (
+            RTISampler(CONFIG, timesteps)
+            .sample(denoise, SHAPE, generator, torch.device("cpu"), warm_start)
+            .trajectory
+        )
+
+    assert torch.allclose(rti((2, 1, 0)), by_hand([2, 1, 0]))
+    assert torch.allclose(rti((3, 2, 1, 0)), by_hand([3, 2, 1, 0]))
+    assert not torch.allclose(rti((20, 10, 0)), by_hand([20, 10, 0]), atol=1e-3)
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        RTISampler(CONFIG, (1, 2, 0))
+
+
 def test_rti_warm_start_stays_close_to_a_consistent_guess() -> None:
     """With a denoiser that predicts zero noise, the last steps leave a clean guess (nearly) where it is."""
     warm_start = torch.full(SHAPE, 0.3)
@@ -163,9 +229,12 @@ def test_each_sampler_config_builds_its_own_sampler() -> None:
     rti = make_sampler(CONFIG, RTISamplerConfig(timesteps=(1, 0), cold_start=DDIMColdStartConfig(steps=3)))
     assert isinstance(rti, RTISampler) and rti.timesteps == [1, 0]
     assert isinstance(rti.cold_start, DDIMSampler) and len(rti.cold_start.timesteps) == 3
-    default = RTISamplerConfig()  # RTI-DP's (2, 1, 0) on warm starts and Ta 1; DDIM-10 from noise
+    default = RTISamplerConfig()  # (20, 10, 0) of 100 on warm starts and Ta 1; DDIM-10 from noise
+    assert make_sampler(CONFIG, default).timesteps == [20, 10, 0]
+    short = dataclasses.replace(CONFIG, num_train_timesteps=10)
+    assert make_sampler(short, default).timesteps == [2, 1, 0]
     assert (default.timesteps, default.cold_start, default.execution_horizon) == (
-        (2, 1, 0),
+        None,
         DDIMColdStartConfig(steps=10),
         1,
     )
@@ -204,7 +273,7 @@ def test_sampler_configs_round_trip_with_their_type() -> None:
                 "execution_horizon": None,
                 "seed": 0,
             },
-            RTISamplerConfig(cold_start=DDPMColdStartConfig()),
+            RTISamplerConfig(timesteps=(2, 1, 0), cold_start=DDPMColdStartConfig()),
         ),
         (
             {"kind": "rti", "rti_timesteps": [3, 1, 0], "rti_cold_start": "ddim", "ddim_steps": 4},
