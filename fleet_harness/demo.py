@@ -31,7 +31,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -128,6 +128,13 @@ def sampler_flags(key: str, sampler: SamplerConfig) -> list[str]:
     """A sampler config as a child's flags (`--policy.sampler.type ddim --policy.sampler.steps 10 ...`); its
     `type` replaces whatever kind the child's config file chose, with every key of the kind spelled out."""
     return override_flags({key: config_to_dict(sampler)})
+
+
+def sampler_as_run(sampler: SamplerConfig, policy: DiffusionPolicyConfig) -> dict[str, Any]:
+    """The sampler config for the run's summary, with RTI's default timesteps spelled out."""
+    if isinstance(sampler, RTISamplerConfig):
+        sampler = replace(sampler, timesteps=sampler.resolved_timesteps(policy))
+    return config_to_dict(sampler)
 
 
 def learner_config(overrides: dict[str, Any], extra: Sequence[str] = ()) -> Any:
@@ -596,7 +603,7 @@ def run_fleet_demo(config: FleetDemoConfig, console: Console | None = None) -> d
         final_eval,
         time.monotonic() - wall_start,
         applied,
-        sampler=config_to_dict(config.sampler),
+        sampler=sampler_as_run(config.sampler, config.base.policy),
     )
     summary["final_version"] = final_version
     summary["online_started_at"] = online.started_at

@@ -403,8 +403,11 @@ class RTISamplerConfig(SamplerConfig):
     def build(self, config: DiffusionPolicyConfig) -> RTISampler:
         from sop.policies.samplers import RTISampler
 
-        timesteps = self.timesteps or default_rti_timesteps(config.num_train_timesteps)
-        return RTISampler(config, timesteps, self.cold_start.build(config))
+        return RTISampler(config, self.resolved_timesteps(config), self.cold_start.build(config))
+
+    def resolved_timesteps(self, config: DiffusionPolicyConfig) -> tuple[int, ...]:
+        """The warm-start timesteps this sampler runs for a checkpoint with `config`."""
+        return self.timesteps or default_rti_timesteps(config.num_train_timesteps)
 
 
 def default_rti_timesteps(num_train_timesteps: int) -> tuple[int, ...]:

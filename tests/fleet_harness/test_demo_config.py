@@ -9,8 +9,14 @@ import pytest
 
 from benchmarks.fleet import FleetBenchConfig
 from benchmarks.soak import SoakBenchConfig
-from fleet_harness.demo import FleetDemoConfig, learner_config, learner_training_args, sampler_flags
-from sop.config import ConfigError, config_from_dict, parse_config
+from fleet_harness.demo import (
+    FleetDemoConfig,
+    learner_config,
+    learner_training_args,
+    sampler_as_run,
+    sampler_flags,
+)
+from sop.config import ConfigError, config_from_dict, config_to_dict, parse_config
 from sop.policies import DDIMColdStartConfig, DDIMSamplerConfig, RTISamplerConfig
 
 
@@ -76,7 +82,7 @@ def test_the_sampler_reaches_the_robots_and_the_evaluation_as_it_is_configured()
     from sim.evaluate import EvalConfig
 
     sampler = RTISamplerConfig(timesteps=(3, 1, 0), cold_start=DDIMColdStartConfig(steps=4), seed=2)
-    for chosen in (DDIMSamplerConfig(), sampler):
+    for chosen in (DDIMSamplerConfig(), sampler, RTISamplerConfig()):
         robot = parse_config(
             RobotConfig, ["--config", "robot.yaml", *sampler_flags("policy.sampler", chosen)]
         )
@@ -94,3 +100,10 @@ def test_a_run_folder_from_before_the_typed_sampler_still_loads() -> None:
     ran = config_from_dict(FleetBenchConfig, {"fleet": {"tasks": ["reach-v3"], "sampler": "rti"}})
     assert ran.fleet.sampler == RTISamplerConfig()
     assert FleetDemoConfig(sampler="ddim").sampler == DDIMSamplerConfig()  # type: ignore[arg-type]
+
+
+def test_the_run_summary_spells_out_the_timesteps_rti_ran() -> None:
+    policy = FleetDemoConfig().base.policy
+    assert sampler_as_run(RTISamplerConfig(), policy)["timesteps"] == [20, 10, 0]
+    assert sampler_as_run(RTISamplerConfig(timesteps=(2, 1, 0)), policy)["timesteps"] == [2, 1, 0]
+    assert sampler_as_run(DDIMSamplerConfig(), policy) == config_to_dict(DDIMSamplerConfig())

@@ -262,6 +262,26 @@ def test_sustained_disagreement_with_the_expert_is_taken_over() -> None:
     assert first_takeover(decisions) is None
 
 
+def test_motion_against_the_expert_is_let_be_while_the_task_gets_done_but_a_wrong_gripper_is_not() -> None:
+    # The hand closes in on the goal 1 cm a step while the policy's proposal points against the expert's:
+    # another path that gets there (a drawer-close policy was taken over 155 times in one run for that).
+    config = quiet_config(stall_window=30, reaction_delay=1, disagreement_steps=4)
+    approaching = [reach_state(0.3 - 0.01 * step) for step in range(12)]
+    operator = SimulatedOperator("reach-v3", config, seed=0)
+    assert first_takeover(run_states(operator, approaching, AWAY_FROM_GOAL)) is None
+    # Progress must be made over the disagreement window itself: 1 cm over 4 steps is not enough.
+    crawling = [reach_state(0.3 - 0.002 * step) for step in range(12)]
+    takeover = first_takeover(run_states(operator, crawling, AWAY_FROM_GOAL))
+    assert takeover is not None and takeover.reason is TakeOverReason.DISAGREEMENT
+    # A gripper against the expert's is a mistake however the hand moves.
+    closing = TOWARD_GOAL.copy()
+    closing[3] = 1.0
+    tolerance = config.gripper_tolerance
+    assert tolerance is not None and operator.expert_action(approaching[0])[3] < 1.0 - tolerance
+    takeover = first_takeover(run_states(operator, approaching, closing))
+    assert takeover == TakeOver(4, TakeOverReason.DISAGREEMENT, 3, near(0.26))
+
+
 def push_state(hand: np.ndarray, puck: np.ndarray, goal: np.ndarray) -> np.ndarray:
     state = np.zeros(39)
     state[0:3], state[3], state[4:7], state[36:39] = hand, 1.0, puck, goal
@@ -284,6 +304,24 @@ def test_an_object_pushed_off_its_goal_is_taken_over_only_when_the_hand_is_at_it
     far = [push_state(puck + np.array([0.0, -0.3, 0.1]), puck, goal) for puck in pucks]
     assert np.linalg.norm(far[0][0:3] - far[0][4:7]) > NEAR_OBJECT
     assert first_takeover(run_states(operator, far, up)) is None
+
+
+def test_pushing_the_object_to_its_goal_by_another_path_is_let_be() -> None:
+    # The hand pushes the puck toward the goal 1 cm a step, its proposal pointing down and back, against
+    # the expert's motion: let be while the puck closes in, taken over once the puck stays where it is.
+    goal = np.array([0.0, 0.8, 0.02])
+    config = quiet_config(stall_window=30, reaction_delay=0, disagreement_steps=4, away_margin=1.0)
+    against = np.array([0.0, -1.0, -1.0, 0.0], dtype=np.float32)
+    hand_offset = np.array([0.0, -0.03, 0.0])
+    pushing = [
+        push_state(puck + hand_offset, puck, goal)
+        for puck in (np.array([0.0, 0.6 + 0.01 * step, 0.02]) for step in range(12))
+    ]
+    operator = SimulatedOperator("push-v3", config, seed=0)
+    assert first_takeover(run_states(operator, pushing, against)) is None
+    resting = [pushing[0]] * 12
+    takeover = first_takeover(run_states(operator, resting, against))
+    assert takeover is not None and takeover.reason is TakeOverReason.DISAGREEMENT
 
 
 @pytest.mark.parametrize(("recovery_phases", "handback_step"), [(2, 10), (3, None), (0, None)])
