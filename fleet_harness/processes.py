@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -31,6 +31,18 @@ def _die_with_parent() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _child_setup(niceness: int) -> Callable[[], None]:
+    """What runs in the child between fork and exec: die with the harness, and lower its priority by
+    `niceness` (0: as the harness)."""
+
+    def setup() -> None:
+        _die_with_parent()
+        if niceness:
+            os.nice(niceness)
+
+    return setup
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -75,8 +87,13 @@ class FleetProcesses:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.children: list[ManagedProcess] = []
 
-    def start(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> ManagedProcess:
-        """Start `python -m sop.cli <args>` (the same interpreter as the harness) with output to a log file."""
+    def start(
+        self, name: str, args: Sequence[str], env: dict[str, str] | None = None, niceness: int = 0
+    ) -> ManagedProcess:
+        """Start `python -m sop.cli <args>` (the same interpreter as the harness) with output to a log file,
+        `niceness` lower in CPU priority than the harness (`os.nice`)."""
+        if not 0 <= niceness <= 19:
+            raise ValueError(f"niceness must be in [0, 19], got {niceness}")
         log_path = self.log_dir / f"{name}.log"
         log = log_path.open("ab")
         child_env = {**os.environ, **(env or {})}
@@ -87,7 +104,7 @@ class FleetProcesses:
             stdin=subprocess.DEVNULL,
             env=child_env,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_child_setup(niceness),
         )
         managed = ManagedProcess(name, process, log_path, log)
         self.children.append(managed)
