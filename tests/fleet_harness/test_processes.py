@@ -12,10 +12,13 @@ from fleet_harness.processes import FleetProcesses, _child_setup
 
 
 def test_a_child_runs_niceness_levels_below_the_harness() -> None:
-    child = subprocess.Popen(["sleep", "30"], preexec_fn=_child_setup(7))
+    child = subprocess.Popen(["sleep", "30"], start_new_session=True, preexec_fn=_child_setup(7))
     try:
         mine = os.getpriority(os.PRIO_PROCESS, 0)
         assert os.getpriority(os.PRIO_PROCESS, child.pid) == min(19, mine + 7)
+        autogroup = Path(f"/proc/{child.pid}/autogroup")
+        if autogroup.exists():  # autogroup scheduling: the child's session group is niced too
+            assert autogroup.read_text().split()[-1] == "7"
     finally:
         child.kill()
         child.wait()
