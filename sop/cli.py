@@ -79,6 +79,7 @@ COMMANDS: dict[str, Command] = {
     "bench robot": Command("benchmarks.robot", "control-loop timing while uploading and swapping"),
     "bench learner": Command("benchmarks.learner", "ingest, broadcast and trainer throughput"),
     "bench fleet": Command("benchmarks.fleet", "success vs per-robot steps for 1, 2, 4 robots"),
+    "bench retrain": Command("benchmarks.retrain", "retrain a run's replay at fixed learner steps, evaluate"),
     "bench soak": Command("benchmarks.soak", "a fleet under sustained load: learner memory, 0 lost, latency"),
 }
 
