@@ -126,6 +126,10 @@ class RetrainBenchConfig:
             "help": "tasks to train on (replay.tasks) and evaluate; default: the run's, else the replay's"
         },
     )
+    eval_tasks: list[str] = field(
+        default_factory=list,
+        metadata={"help": "tasks to evaluate, among those trained on; default: all of them"},
+    )
     learner: dict[str, Any] = field(
         default_factory=dict,
         metadata={
@@ -198,12 +202,13 @@ class RetrainBenchConfig:
             raise ValueError(f"steps must all be >= 1, got {self.steps}")
         if any(later <= earlier for earlier, later in zip(self.steps, self.steps[1:], strict=False)):
             raise ValueError(f"steps must be strictly increasing, got {self.steps}")
-        for task in [*self.tasks, *self.exclude_online_tasks]:
+        for task in [*self.tasks, *self.exclude_online_tasks, *self.eval_tasks]:
             get_task(task)  # raises UnknownTaskError naming the task
         if self.tasks:
-            outside = [task for task in self.exclude_online_tasks if task not in self.tasks]
-            if outside:
-                raise ValueError(f"exclude_online_tasks: {outside} are not among tasks {self.tasks}")
+            for name in ("exclude_online_tasks", "eval_tasks"):
+                outside = [task for task in getattr(self, name) if task not in self.tasks]
+                if outside:
+                    raise ValueError(f"{name}: {outside} are not among tasks {self.tasks}")
         if not self.samplers:
             raise ValueError("samplers: name at least one sampler, e.g. '[{type: rti}]'")
         repeated = [s for i, s in enumerate(self.samplers) if s in self.samplers[:i]]
@@ -643,7 +648,7 @@ def reproducing_command(config: RetrainBenchConfig) -> str:
 
 
 def results_table(results: dict[str, Any]) -> list[str]:
-    tasks = results["inputs"]["tasks"]
+    tasks = results["inputs"]["eval_tasks"]
     episodes = results["config"]["eval_episodes"]
     header = [
         "learner step",
@@ -734,6 +739,10 @@ def run_retrain(config: RetrainBenchConfig, report: Callable[[str], None] = prin
     report(f"copying the replay {inputs.replay} to {learner_dir / 'replay'}")
     replay = copy_replay(inputs.replay, learner_dir, list(config.exclude_online_tasks))
     tasks = inputs.tasks or EpisodeStore(learner_dir / "replay", create=False).tasks()
+    eval_tasks = list(config.eval_tasks) or tasks
+    outside = [task for task in eval_tasks if task not in tasks]
+    if outside:
+        raise ConfigError(f"eval_tasks: {outside} are not among the tasks trained on {tasks}")
     overrides = config.learner_overrides
     learner = retrain_learner_config(overrides, tasks, learner_dir, inputs.base_checkpoint, config.threads)
     if inputs.run_config is not None and inputs.run_config.learner != overrides:
@@ -755,6 +764,7 @@ def run_retrain(config: RetrainBenchConfig, report: Callable[[str], None] = prin
             "base_checkpoint": str(inputs.base_checkpoint),
             "base_weights_sha256": base_manifest.weights_sha256,
             "tasks": tasks,
+            "eval_tasks": eval_tasks,
             "steps": inputs.steps,
             "max_episode_steps": inputs.max_episode_steps,
             "learner_overrides": overrides,
@@ -784,7 +794,7 @@ def run_retrain(config: RetrainBenchConfig, report: Callable[[str], None] = prin
     for checkpoint, step, version in checkpoints:
         for sampler in config.samplers:
             row = evaluate_row(
-                checkpoint, step, version, sampler, policy, tasks, config, inputs.max_episode_steps
+                checkpoint, step, version, sampler, policy, eval_tasks, config, inputs.max_episode_steps
             )
             results["evaluations"].append(row)
             report(row_line(row))

@@ -123,6 +123,7 @@ def _weights(source: str | Path | bytes) -> dict[str, torch.Tensor]:
             ["--run", "{run}", "--tasks", "reach-v3", "--exclude_online_tasks", "push-v3"],
             "exclude_online_tasks",
         ),
+        (["--run", "{run}", "--tasks", "reach-v3", "--eval_tasks", "push-v3"], "eval_tasks"),
         (["--replay", "{run}/learner/replay", "--steps", "2"], "base_checkpoint"),
         (["--run", "{run}", "--base_checkpoint", "{root}/no-such-checkpoint"], "base_checkpoint"),
         (["--run", "{run}", "--replay", "{root}"], "replay"),
@@ -261,3 +262,20 @@ def test_retrain_copies_the_replay_trains_to_each_step_and_evaluates_every_snaps
     assert [line.split("|")[1].strip() for line in table] == ["2", "2", "4", "4"]
     assert "DDIM-2 (Ta=8)" in report and "RTI t=2,1,0 (Ta=1)" in report
     assert any("steps/s" in line for line in lines), "no progress line while training"
+
+
+def test_eval_tasks_evaluate_some_of_the_tasks_trained_on(run_folder: Path, tmp_path: Path) -> None:
+    config = RetrainBenchConfig(
+        run=str(run_folder),
+        steps=[2],
+        eval_tasks=["reach-v3"],
+        samplers=[DDIMSamplerConfig(steps=2)],
+        eval_episodes=1,
+        max_episode_steps=4,
+        eval_workers=1,
+        threads=1,
+        out=str(tmp_path / "retrain"),
+    )
+    results = run_retrain(config, report=lambda line: None)
+    assert results["inputs"]["tasks"] == TASKS and results["inputs"]["eval_tasks"] == ["reach-v3"]
+    assert [list(row["tasks"]) for row in results["evaluations"]] == [["reach-v3"]]
