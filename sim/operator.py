@@ -42,9 +42,9 @@ Three rules, each switchable, decide that something is wrong:
   showed the hand staying open on the way in.
   A motion that goes another way than the expert's is not a mistake while the task gets done by it: a
   run of motion disagreement over which the object got `min_progress` closer to its goal (the hand, for
-  reach) is let be (a person lets a robot that closes the drawer by another path finish). In one demo run a drawer-close policy that
-  scored 1.00 held-out was taken over 155 times for its path alone. The gripper is not forgiven: a hand
-  closing on its way to the puck still gets closer to it.
+  reach) is let be, as a person lets a robot that closes the drawer by another path finish (in one demo
+  run a drawer-close policy that scored 1.00 held-out was taken over 155 times for its path alone). The
+  gripper is not let be: a hand closing on its way to the puck still gets closer to it.
 
 With the scripted expert driving, 100 seeded episodes per task, none of the 995 it solves is taken over;
 the 5 door-open episodes where its hand wedges against the door and stays there are, as stalled.

@@ -12,11 +12,12 @@
 
   Which timesteps: RTI-DP's (2, 1, 0) start where the noise level is sigma = 0.06 (squared cosine, 100
   steps); a denoiser there can only move the warm start by about that much, so a chunk can never turn
-  away from the previous plan (the tail of which is the last action repeated): a trained policy kept driving
-  a button-press hand forward past the button for 10+ steps while the expert had stopped (0.33 held-out
-  success, against 1.00 for the same weights with DDIM-10). The default (20, 10, 0) starts at sigma = 0.33,
-  where the denoiser re-plans and the warm start still carries the plan: 0.975 on the same checkpoint, 3
-  denoiser calls per step either way (BENCHMARKS.md, "RTI's first timestep").
+  away from the previous plan (the tail of which is the last action repeated; tests/policies/
+  test_samplers.py shows it on an exact Gaussian denoiser). The default (20, 10, 0) starts at sigma = 0.33,
+  where the denoiser re-plans and the warm start still carries the plan, with the same 3 denoiser calls
+  per step. Measured on policies trained for 2 000 learner steps the two tie (button-press 1.00 both,
+  BENCHMARKS.md "Issue 12 (session 8)"); whether (2, 1, 0) is what wore button-press down after 4 850
+  steps (0.24-0.33 in session 7) is not yet measured.
 
 Schedules come from diffusers (`DDPMScheduler`/`DDIMScheduler`, squared cosine, epsilon prediction); each
 sampler owns its scheduler instance because `set_timesteps` mutates it.
