@@ -15,9 +15,8 @@
   away from the previous plan (the tail of which is the last action repeated; tests/policies/
   test_samplers.py shows it on an exact Gaussian denoiser). The default (20, 10, 0) starts at sigma = 0.33,
   where the denoiser re-plans and the warm start still carries the plan, with the same 3 denoiser calls
-  per step. Measured on policies trained for 2 000 learner steps the two tie (button-press 1.00 both,
-  BENCHMARKS.md "Issue 12 (session 8)"); whether (2, 1, 0) is what wore button-press down after 4 850
-  steps (0.24-0.33 in session 7) is not yet measured.
+  per step. On policies retrained for 2 000 and 4 850 learner steps the two tie (button-press 1.00 both,
+  BENCHMARKS.md "Issue 12 (session 8)").
 
 Schedules come from diffusers (`DDPMScheduler`/`DDIMScheduler`, squared cosine, epsilon prediction); each
 sampler owns its scheduler instance because `set_timesteps` mutates it.
