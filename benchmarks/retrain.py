@@ -67,6 +67,7 @@ from fleet_harness.demo import (
     base_policy_key,
     demo_learner_overrides,
     evaluation_workers,
+    first_key_under,
     flatten_overrides,
     learner_training_args,
     open_run_dir,
@@ -223,9 +224,9 @@ class RetrainBenchConfig:
             raise ValueError(f"max_episode_steps must be >= 1, got {self.max_episode_steps}")
         if self.eval_workers < 0:
             raise ValueError(f"eval_workers must be >= 0 (0: one per core), got {self.eval_workers}")
-        for key in flatten_overrides(self.learner):
-            if any(key == k or key.startswith(k + ".") for k in RETRAIN_LEARNER_KEYS):
-                raise ValueError(f"learner.{key}: --steps sets how far training runs; leave it out")
+        key = first_key_under(self.learner, RETRAIN_LEARNER_KEYS)
+        if key is not None:
+            raise ValueError(f"learner.{key}: --steps sets how far training runs; leave it out")
         # The demo's checks of the same mapping: its harness keys refused, every key and value parsed
         # against configs/learner.yaml (a bad one is named as --learner.x).
         FleetDemoConfig(learner=self.learner_overrides, live=False)

@@ -108,6 +108,14 @@ def flatten_overrides(values: dict[str, Any], prefix: str = "") -> dict[str, Any
     return flat
 
 
+def first_key_under(values: dict[str, Any], prefixes: Sequence[str]) -> str | None:
+    """The first dotted key of the nested mapping `values` that is one of `prefixes` or lies under one."""
+    for key in flatten_overrides(values):
+        if any(key == prefix or key.startswith(prefix + ".") for prefix in prefixes):
+            return key
+    return None
+
+
 def override_flags(values: dict[str, Any]) -> list[str]:
     """A nested mapping of config keys as `--a.b value` flags (the one flag spelling, sop/config.py)."""
     flags: list[str] = []
@@ -206,9 +214,9 @@ class FleetDemoConfig:
             raise ValueError(f"robot_niceness must be in [0, 19], got {self.robot_niceness}")
         if self.robot_rate_hz < 0:
             raise ValueError(f"robot_rate_hz must be >= 0, got {self.robot_rate_hz}")
-        for key in flatten_overrides(self.learner):
-            if any(key == k or key.startswith(k + ".") for k in HARNESS_LEARNER_KEYS):
-                raise ValueError(f"learner.{key}: the harness sets this itself for every run; leave it out")
+        key = first_key_under(self.learner, HARNESS_LEARNER_KEYS)
+        if key is not None:
+            raise ValueError(f"learner.{key}: the harness sets this itself for every run; leave it out")
         try:  # an unknown key or a bad value stops here, before anything starts
             learner_config(self.learner)
         except ConfigError as exc:
