@@ -20,6 +20,7 @@ the inference), inference ms per chunk, deadline misses, MB uploaded, swaps.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import multiprocessing
 import os
@@ -27,7 +28,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from benchmarks.machine import describe_machine, load_average
 from benchmarks.reporting import command_line, markdown_table, percentile, write_report
 from robot_client.config import (
     ControlConfig,
+    InferenceMode,
     LearnerLinkConfig,
     MetricsConfig,
     OperatorConfig,
@@ -69,6 +71,10 @@ class RobotBenchConfig:
     phases: list[str] = field(default_factory=lambda: list(PHASES))
     # Policies measured: default (the fleet's state policy) and small (inference of a few ms).
     policies: list[str] = field(default_factory=lambda: ["default", "small"])
+    # How the daemon computes chunks (`policy.inference`): async (the default) and/or sync, side by side.
+    inference: list[str] = field(default_factory=lambda: ["async"])
+    # Also write every phase's figures as JSON to this file (null: only the markdown report).
+    json: str | None = None
     work_dir: str = "runs/bench_robot"
     output: str = "benchmarks/results/robot.md"
     seed: int = 0
@@ -80,6 +86,9 @@ class RobotBenchConfig:
         sizes = [p for p in self.policies if p not in ("default", "small")]
         if sizes:
             raise ValueError(f"policies: {sizes} are not among ['default', 'small']")
+        modes = [m for m in self.inference if m not in tuple(InferenceMode)]
+        if modes or not self.inference:
+            raise ValueError(f"inference: {modes or 'empty'}: pick from {[str(m) for m in InferenceMode]}")
         for name in ("duration_s", "rate_hz", "max_episode_steps", "swap_every_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -282,6 +291,7 @@ class SpoolFeeder:
 @dataclass
 class PhaseResult:
     policy: str
+    inference: str
     phase: str
     ticks: int
     period_error_p50_ms: float
@@ -293,6 +303,7 @@ class PhaseResult:
     inference_p99_ms: float
     full_solve_p50_ms: float
     deadline_misses: int
+    late_steps: int  # ticks held because asynchronous inference had not delivered yet
     uploaded_mb: float
     swaps: int
     fifo: bool
@@ -300,6 +311,7 @@ class PhaseResult:
 
 def measure_phase(
     policy: str,
+    inference_mode: str,
     phase: str,
     bench: RobotBenchConfig,
     root: Path,
@@ -310,7 +322,7 @@ def measure_phase(
     loaded = phase != "idle"
     window = int(bench.duration_s * bench.rate_hz * 1.2) + 64
     config = RobotConfig(
-        robot_id=f"bench-{policy}-{phase.replace(' ', '-').replace('+', '-')}",
+        robot_id=f"bench-{policy}-{inference_mode}-{phase.replace(' ', '-').replace('+', '-')}",
         data_dir=str(root / "robots"),
         learner=LearnerLinkConfig(address=address if loaded else None),
         control=ControlConfig(
@@ -323,6 +335,7 @@ def measure_phase(
         policy=PolicyConfig(
             base_checkpoint=str(base),
             swap_at=SwapPoint.CHUNK if phase.endswith("chunk") else SwapPoint.EPISODE,
+            inference=InferenceMode(inference_mode),
         ),
         metrics=MetricsConfig(log_interval_s=0.0, window=window),
     )
@@ -351,6 +364,7 @@ def measure_phase(
     snapshot = metrics.snapshot()
     return PhaseResult(
         policy=policy,
+        inference=inference_mode,
         phase=phase,
         ticks=int(errors.size),
         period_error_p50_ms=percentile(errors, 50),
@@ -362,6 +376,7 @@ def measure_phase(
         inference_p99_ms=percentile(inference, 99),
         full_solve_p50_ms=percentile(full_solve, 50),
         deadline_misses=int(snapshot["deadline_misses"]),
+        late_steps=int(snapshot["inference_late_steps"]),
         uploaded_mb=metrics._value(metrics.upload_bytes) / 1e6,
         swaps=int(snapshot["policy_swaps"]),
         fifo=fifo,
@@ -392,9 +407,9 @@ def format_report(results: list[PhaseResult], bench: RobotBenchConfig, argv: lis
         "",
     ]
     header = [
-        "policy", "phase", "ticks", "period error p50 (ms)", "p99 (ms)", "max (ms)", "obs→action p50 (ms)",
-        "p99 (ms)", "RTI chunk p50 / p99 (ms)", "full solve p50 (ms)", "deadline misses", "uploaded (MB)",
-        "swaps",
+        "policy", "inference", "phase", "ticks", "period error p50 (ms)", "p99 (ms)", "max (ms)",
+        "obs→action p50 (ms)", "p99 (ms)", "RTI chunk p50 / p99 (ms)", "full solve p50 (ms)", "deadline misses",
+        "late ticks", "uploaded (MB)", "swaps",
     ]  # fmt: skip
     rows = []
     for r in results:
@@ -402,6 +417,7 @@ def format_report(results: list[PhaseResult], bench: RobotBenchConfig, argv: lis
         rows.append(
             [
                 r.policy,
+                r.inference,
                 name,
                 r.ticks,
                 f"{r.period_error_p50_ms:.3f}",
@@ -412,6 +428,7 @@ def format_report(results: list[PhaseResult], bench: RobotBenchConfig, argv: lis
                 f"{r.inference_p50_ms:.1f} / {r.inference_p99_ms:.1f}",
                 f"{r.full_solve_p50_ms:.0f}",
                 r.deadline_misses,
+                r.late_steps,
                 f"{r.uploaded_mb:.0f}",
                 r.swaps,
             ]
@@ -422,11 +439,31 @@ def format_report(results: list[PhaseResult], bench: RobotBenchConfig, argv: lis
         "Period error is |t(k) - t(k-1) - 1/30 s| at tick start (ticks run on an absolute grid). The "
         "first chunk of each episode (a full solve) is computed before the episode's grid starts; a "
         "deadline miss is a tick whose work overran the next tick's start. obs→action is the time from "
-        "tick start to the action reaching the robot; it includes the chunk inference on the ticks that "
-        "compute one.",
+        "the start of the tick whose observation the action was planned on to the action reaching the robot: "
+        "sync, the tick's own start (chunk inference included on the ticks that compute one); async, the "
+        "start of the earlier tick that handed its observation to the inference thread. Late ticks (async): "
+        "ticks the robot held because the next chunk was not ready.",
         "",
     ]
     return "\n".join(lines)
+
+
+def write_json(
+    path: str, results: list[PhaseResult], bench: RobotBenchConfig, argv: list[str], load: str
+) -> None:
+    """Every phase's figures, machine-readable (`--json FILE`)."""
+    document = {
+        "command": command_line("sop bench robot", argv),
+        "machine": describe_machine().summary(),
+        "load_average_before": load,
+        "duration_s": bench.duration_s,
+        "rate_hz": bench.rate_hz,
+        "task": bench.task,
+        "phases": [asdict(r) for r in results],
+    }
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(document, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -464,20 +501,27 @@ def main(argv: list[str] | None = None) -> int:
         sink.start()
         address = f"127.0.0.1:{receive.recv()}"
         try:
-            for phase in bench.phases:
-                print(f"{policy} policy, phase {phase}: {bench.duration_s:.0f} s ...", flush=True)
-                result = measure_phase(policy, phase, bench, root, base, address, publishing)
-                print(
-                    f"  period error p50 {result.period_error_p50_ms:.3f} ms  p99 {result.period_error_p99_ms:.3f} ms  "
-                    f"max {result.period_error_max_ms:.2f} ms  misses {result.deadline_misses}  "
-                    f"uploaded {result.uploaded_mb:.0f} MB  swaps {result.swaps}",
-                    flush=True,
-                )
-                results.append(result)
+            for inference in bench.inference:
+                for phase in bench.phases:
+                    print(
+                        f"{policy} policy, {inference}, phase {phase}: {bench.duration_s:.0f} s ...",
+                        flush=True,
+                    )
+                    result = measure_phase(policy, inference, phase, bench, root, base, address, publishing)
+                    print(
+                        f"  period error p50 {result.period_error_p50_ms:.3f} ms  "
+                        f"p99 {result.period_error_p99_ms:.3f} ms  max {result.period_error_max_ms:.2f} ms  "
+                        f"misses {result.deadline_misses}  late {result.late_steps}  "
+                        f"uploaded {result.uploaded_mb:.0f} MB  swaps {result.swaps}",
+                        flush=True,
+                    )
+                    results.append(result)
         finally:
             stop.set()
             sink.join(10)
     report = format_report(results, bench, args, load)
     write_report(bench.output, report)
+    if bench.json is not None:
+        write_json(bench.json, results, bench, args, load)
     print(report)
     return 0

@@ -29,6 +29,15 @@ class SwapPoint(enum.StrEnum):
     CHUNK = "chunk"  # at the next action-chunk boundary within an episode
 
 
+class InferenceMode(enum.StrEnum):
+    """Where the policy's chunks are computed (`policy.inference`)."""
+
+    ASYNC = (
+        "async"  # on an inference thread while the current chunk executes (robot_client/async_inference.py)
+    )
+    SYNC = "sync"  # inside the control tick that needs the chunk
+
+
 class PartialEpisodePolicy(enum.StrEnum):
     """What a restart does with an episode a killed daemon left half-written (`spool.partial_episodes`)."""
 
@@ -250,6 +259,14 @@ class PolicyConfig:
     # a choice selected by `type`: `sampler: {type: ddim, steps: 10}` or `{type: rti, timesteps: [20, 10, 0]}`.
     # RTI (the default) warm-starts each chunk from the previous one.
     sampler: SamplerConfig = field(default_factory=RTISamplerConfig)
+    # Where chunks are computed when the loop runs on its grid: "async" (default) on an inference thread
+    # while the current chunk executes, so no tick waits for inference; "sync" inside the tick that needs
+    # one. A free-running loop (simulation without a grid) always computes in the tick: it has no deadline.
+    inference: InferenceMode = InferenceMode.ASYNC
+    # Async: the next chunk starts this many ticks before the current one has executed its execution
+    # horizon Ta, so inference up to this long replaces chunks after ~Ta actions as synchronous execution
+    # does; slower inference runs on into the rest of the current chunk before the robot holds.
+    inference_lead_steps: int = 2
     # torch intra-op threads of the policy (the control thread and the uploader share a small CPU).
     num_threads: int = 1
     device: str = "cpu"
@@ -265,6 +282,8 @@ class PolicyConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "swap_at", _member("policy", "swap_at", SwapPoint, self.swap_at))
+        object.__setattr__(self, "inference", _member("policy", "inference", InferenceMode, self.inference))
+        _non_negative("policy", inference_lead_steps=self.inference_lead_steps)
         _positive("policy", num_threads=self.num_threads, dry_run_timeout_s=self.dry_run_timeout_s)
         if self.base_checkpoint is not None and not Path(self.base_checkpoint).exists():
             raise ValueError(f"policy.base_checkpoint: {self.base_checkpoint} does not exist")

@@ -7,12 +7,17 @@ A tick whose work runs past the next tick's start is a deadline miss: it is coun
 re-anchored at the late tick rather than run in a burst to catch up. Nothing is absorbed silently. In
 free-running mode (simulation) there is no grid: the loop runs as fast as the CPU allows.
 
-Policies. The policy runs its action-chunk queue behind `act()` (RTI warm starts between chunks); the
-loop measures the calls that computed a chunk as inference time. A new checkpoint, loaded in the
-background by PolicySync, is taken from the `PolicySlot` only at an episode boundary (default) or, when
-configured, at an action-chunk boundary, and always starts with a cold solve (RTI's `cold_start`). When the
-operator hands control back, the policy continues from the actions the robot executed
-(`Policy.continue_from_actions`): RTI warm-starts from them instead of a cold solve inside the grid.
+Policies. On its grid the loop gets actions from an `AsyncChunkRunner` (robot_client/async_inference.py,
+`policy.inference: async`, the default): an inference thread plans the next chunk while the current one
+executes, so no tick waits for inference; a tick with no action ready holds the robot and is counted
+(`sop_robot_inference_late_steps`). With `policy.inference: sync`, and always when free-running, the
+policy runs its action-chunk queue behind `act()` inside the tick, and the loop measures the calls that
+computed a chunk as inference time. A new checkpoint, loaded in the background by PolicySync, is taken
+from the `PolicySlot` only at an episode boundary (default) or, when configured, at an action-chunk
+boundary, and always starts with a cold solve (RTI's `cold_start`; asynchronous, the current chunk keeps
+executing meanwhile). When the operator hands control back, the policy continues from the actions the
+robot executed (`Policy.continue_from_actions`): RTI warm-starts from them instead of a cold solve inside
+the grid (asynchronous, the robot holds for the ticks that chunk takes).
 
 Bad inputs. A policy that raises, or answers with the wrong shape or a NaN, and an operator command of the
 wrong shape or with a NaN never end the loop: the gate (`intervention_gate.py`) refuses the command, the
@@ -36,7 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from robot_client.config import RobotConfig
+from robot_client.async_inference import AsyncChunkRunner
+from robot_client.config import InferenceMode, RobotConfig
 from robot_client.intervention_gate import InterventionGate
 from robot_client.metrics import RobotMetrics
 from robot_client.operator_session import TelemetrySnapshot
@@ -171,6 +177,10 @@ class ControlLoop:
         self.pacer = Pacer(config.control.period_s, config.control.free_running, metrics)
         self.summaries: list[EpisodeSummary] = []
         self._steps_in_chunk = 0
+        # Chunks on an inference thread (robot_client/async_inference.py) when the loop keeps a grid;
+        # created by `run`.
+        self.asynchronous = config.policy.inference is InferenceMode.ASYNC and not config.control.free_running
+        self.runner: AsyncChunkRunner | None = None
         if initial_policy is not None:
             metrics.policy_version.set(initial_policy.version)
 
@@ -244,15 +254,31 @@ class ControlLoop:
     def run(self, stop: threading.Event, max_episodes: int = 0) -> list[EpisodeSummary]:
         """Run episodes until `stop` is set or `max_episodes` (0: no limit) have finished."""
         set_realtime_priority(self.config.control.realtime_priority)
-        while not stop.is_set() and (max_episodes == 0 or len(self.summaries) < max_episodes):
-            if not self._wait_for_first_policy(stop):
-                break
-            summary = self.run_episode(stop)
-            self.summaries.append(summary)
-            self._append_episode_log(summary)
-            if self.config.control.episode_gap_s and not stop.is_set():
-                stop.wait(self.config.control.episode_gap_s)
+        if self.asynchronous and self.runner is None:
+            self.runner = AsyncChunkRunner(
+                self.config.policy.inference_lead_steps,
+                on_chunk=self.metrics.record_inference,
+                on_error=self._chunk_failed,
+            )
+        try:
+            while not stop.is_set() and (max_episodes == 0 or len(self.summaries) < max_episodes):
+                if not self._wait_for_first_policy(stop):
+                    break
+                summary = self.run_episode(stop)
+                self.summaries.append(summary)
+                self._append_episode_log(summary)
+                if self.config.control.episode_gap_s and not stop.is_set():
+                    stop.wait(self.config.control.episode_gap_s)
+        finally:
+            if self.runner is not None:
+                self.runner.close()
+                self.runner = None
         return self.summaries
+
+    def _chunk_failed(self, error: Exception) -> None:
+        """The inference thread's policy raised planning a chunk (logged by the runner): counted as the
+        synchronous path counts a policy that raised."""
+        self.gate.count_policy_error()
 
     def _append_episode_log(self, summary: EpisodeSummary) -> None:
         path = self.config.metrics.episode_log
@@ -316,7 +342,11 @@ class ControlLoop:
         recent_actions: collections.deque[np.ndarray] = collections.deque(maxlen=RECENT_ACTIONS_KEPT)
         # The first chunk of an episode is a full solve (no warm start yet): it is computed before the
         # grid starts, while the robot stands at its start pose, instead of stalling the first tick.
-        first_action: np.ndarray | None = self._propose(observation)
+        runner = self.runner
+        if runner is not None:
+            first_action = runner.start_episode(self.current.policy, observation.policy_input())
+        else:
+            first_action = self._propose(observation)
         first_step = True
         self.pacer.restart()
         while not done and step < config.control.max_episode_steps:
@@ -325,15 +355,31 @@ class ControlLoop:
                 break
             self.pacer.wait()
             stamp = time.time() if step else started_at
+            late = False
             if first_step:
                 policy_action, first_action, first_step = first_action, None, False
+            elif runner is not None:
+                if (
+                    swap_at_chunks
+                    and self.slot.pending_version is not None
+                    and runner.at_chunk_boundary(step)
+                    and self._swap_if_pending("chunk")
+                ):
+                    runner.set_policy(self.current.policy)
+                policy_action = runner.action(step, observation.policy_input(), self.pacer.tick_start)
+                late = policy_action is None
             else:
                 if swap_at_chunks and self._at_chunk_boundary() and self.slot.pending_version is not None:
                     self._swap_if_pending("chunk")
                 policy_action = self._propose(observation)
             policy = self.current.policy
 
-            proposal = self.gate.check_policy(observation, policy_action)
+            if late:
+                # Inference has not delivered this tick's action: the robot holds (not a refusal).
+                self.metrics.inference_late_steps.inc()
+                proposal = self.gate.hold_proposal(observation)
+            else:
+                proposal = self.gate.check_policy(observation, policy_action)
             decision = self.panel.step(observation, proposal.action, success)
             gate = self.gate.decide(observation, proposal, decision)
             if gate.took_over:
@@ -342,21 +388,32 @@ class ControlLoop:
             if gate.policy_refused:
                 # Refused output: the rest of its chunk (and a warm start from it) is as bad; the next step
                 # solves afresh.
-                policy.invalidate_warm_start()
+                if runner is not None:
+                    runner.invalidate()
+                else:
+                    policy.invalidate_warm_start()
                 self._steps_in_chunk = 0
             if decision.event:
                 log.info("episode %s step %d: %s", episode_id[:8], step, decision.event)
             if decision.outcome is not None:
                 label = decision.outcome
 
-            self.metrics.action_latency.add(time.perf_counter() - self.pacer.tick_start)
+            # Observation -> action: from the start of the tick whose observation the action was planned
+            # on (asynchronous: an earlier tick's) to the action going to the robot.
+            observed_at = self.pacer.tick_start
+            if runner is not None and not late and runner.chunk_observed_at is not None:
+                observed_at = min(observed_at, runner.chunk_observed_at)
+            self.metrics.action_latency.add(time.perf_counter() - observed_at)
             result = self.robot.step(gate.action)
             executed = result.applied_action if result.applied_action is not None else gate.action
             recent_actions.append(np.asarray(executed, dtype=np.float32))
             if gate.handed_back and not gate.policy_refused:
                 # The queued chunk assumed a trajectory the robot left while the operator drove; the next
                 # chunk starts from what was executed (RTI: a warm start, not a full solve in the grid).
-                policy.continue_from_actions(np.stack(recent_actions))
+                if runner is not None:
+                    runner.continue_from_actions(np.stack(recent_actions))
+                else:
+                    policy.continue_from_actions(np.stack(recent_actions))
                 self._steps_in_chunk = 0
             record = {
                 STATE: observation.state,
@@ -381,6 +438,8 @@ class ControlLoop:
             self.latest_observation = observation
             self.pacer.done()
 
+        if runner is not None:
+            runner.end_episode()
         if self.panel.remote is not None:
             label = self.panel.remote.take_label(episode_id) or label
         if label is not None:

@@ -157,6 +157,15 @@ class InterventionGate:
         self._refused("policy", problem)
         return PolicyProposal(self._robot_action("safe", observation), refused=True)
 
+    def hold_proposal(self, observation: Observation) -> PolicyProposal:
+        """The robot's hold action in the policy's place, for a tick the policy has no action for yet
+        (asynchronous inference running late): not a refusal, the policy did nothing wrong."""
+        return PolicyProposal(self._robot_action("hold", observation), refused=False)
+
+    def count_policy_error(self) -> None:
+        """The policy raised outside `check_policy` (on the inference thread): counted as a refusal."""
+        self._refused("policy", POLICY_ERROR)
+
     def decide(
         self,
         observation: Observation,

@@ -97,6 +97,11 @@ class RobotMetrics:
         self.deadline_misses = Counter(
             "sop_robot_deadline_misses", "control ticks whose work overran the next tick's start", registry=r
         )
+        self.inference_late_steps = Counter(
+            "sop_robot_inference_late_steps",
+            "ticks the robot held because asynchronous inference had not delivered the next chunk yet",
+            registry=r,
+        )
         self.steps = Counter("sop_robot_steps", "control steps executed", registry=r)
         self.episodes = Counter(
             "sop_robot_episodes", "episodes finished, by outcome", ["outcome"], registry=r
@@ -235,6 +240,7 @@ class RobotMetrics:
             "inference_p99_ms": self.inference.percentile(99) * ms,
             "full_solve_p50_ms": self.full_solve.percentile(50) * ms,
             "deadline_misses": self._value(self.deadline_misses),
+            "inference_late_steps": self._value(self.inference_late_steps),
             "steps": self._value(self.steps),
             "episodes": self._value(self.episodes),
             "intervention_steps": self._value(self.intervention_steps),

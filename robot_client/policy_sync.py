@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,6 +39,7 @@ from robot_client.metrics import RobotMetrics
 from sop.durable_files import write_atomically, write_json_atomically
 from sop.fleet_trust import CheckpointVerifier, SignatureError
 from sop.hashing import sha256_hex
+from sop.policies.base import ActionChunk
 from sop.safe_logging import client_str
 from sop.v1 import fleet_pb2
 
@@ -51,9 +52,17 @@ class Policy(Protocol):
     @property
     def version(self) -> int: ...
 
+    @property
+    def observation_horizon(self) -> int: ...
+
+    @property
+    def execution_horizon(self) -> int: ...
+
     def reset(self) -> None: ...
 
     def act(self, observation: dict[str, Any]) -> np.ndarray: ...
+
+    def plan_chunk(self, history: Sequence[dict[str, Any]], steps_since_last_chunk: int) -> ActionChunk: ...
 
     def invalidate_warm_start(self) -> None: ...
 

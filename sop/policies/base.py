@@ -21,6 +21,10 @@ window sampler read and write the third, which are storage and wire names and ne
 keeps the last To observations, predicts a chunk of Tp actions spanning those To steps and the future, and
 executes Ta of them (from the current step on) before predicting again. The history is filled with the
 first observation after `reset()` (the peers' async-inference bug was a history that was never filled).
+`act` is the synchronous composition of two parts a robot may run on different threads: `observe` (the
+history) and `plan_chunk` (the next chunk from a history snapshot, warm-started from the previous chunk
+shifted by the control steps between their observations); robot_client/async_inference.py plans on an
+inference thread while the robot executes.
 
 Counters (`last_denoiser_calls`, ...) feed the robot's metrics; `version` is the checkpoint version the
 robot records per frame. `invalidate_warm_start()` forces the next chunk to be a full solve and drops the
@@ -125,33 +129,52 @@ class Policy(abc.ABC):
     # ---- acting ------------------------------------------------------------------------------------------
 
     def act(self, observation: Observation) -> np.ndarray:
-        """One action (A,) float32 for this control step."""
+        """One action (A,) float32 for this control step (synchronous: a step that needs a chunk computes it)."""
+        self.observe(observation)
+        if not self._queue:
+            chunk = self.plan_chunk(self.history(), self._executed_from_last_chunk)
+            executable = chunk.actions[: self.execution_horizon]
+            self._queue.extend(np.asarray(a, dtype=np.float32) for a in executable)
+        self._executed_from_last_chunk += 1
+        return self._queue.popleft()
+
+    def observe(self, observation: Observation) -> None:
+        """Add this control step's observation to the history (the first one after `reset` fills it)."""
         self._check_observation(observation)
         if not self._history:
             for _ in range(self.observation_horizon):
                 self._history.append(observation)
         else:
             self._history.append(observation)
-        if not self._queue:
-            warm_start = None
-            if self._handoff_warm_start is not None:
-                warm_start, self._handoff_warm_start = self._handoff_warm_start, None
-            elif self._warm_start_valid:
-                warm_start = self._next_warm_start()
-            chunk = self.predict_chunk(list(self._history), warm_start=warm_start)
-            executable = chunk.actions[: self.execution_horizon]
-            if len(executable) == 0:
-                raise RuntimeError(f"{type(self).__name__}.predict_chunk returned no actions")
-            self._queue.extend(np.asarray(a, dtype=np.float32) for a in executable)
-            self._last_chunk = chunk
-            self._executed_from_last_chunk = 0
-            self._warm_start_valid = chunk.trajectory is not None
-            self.last_denoiser_calls = chunk.denoiser_calls
-            self.last_chunk_warm_started = chunk.warm_started
-            self.total_denoiser_calls += chunk.denoiser_calls
-            self.chunks_predicted += 1
-        self._executed_from_last_chunk += 1
-        return self._queue.popleft()
+
+    def history(self) -> list[Observation]:
+        """The last To observations, oldest first (a copy: the caller may hand it to another thread)."""
+        return list(self._history)
+
+    def plan_chunk(self, history: Sequence[Observation], steps_since_last_chunk: int) -> ActionChunk:
+        """The next chunk from `history`, warm-started where the sampler can: after a hand-back from the
+        executed actions, else from the previous chunk shifted by `steps_since_last_chunk` (the control steps
+        between the previous chunk's last observation and this one's). Updates the warm-start state and the
+        counters but not the history or the action queue, so an asynchronous runner (robot_client) can call
+        it from its inference thread with a history snapshot while the robot executes the previous chunk.
+        """
+        self._executed_from_last_chunk = steps_since_last_chunk
+        warm_start = None
+        if self._handoff_warm_start is not None:
+            warm_start, self._handoff_warm_start = self._handoff_warm_start, None
+        elif self._warm_start_valid:
+            warm_start = self._next_warm_start()
+        chunk = self.predict_chunk(list(history), warm_start=warm_start)
+        if len(chunk.actions) == 0:
+            raise RuntimeError(f"{type(self).__name__}.predict_chunk returned no actions")
+        self._last_chunk = chunk
+        self._executed_from_last_chunk = 0
+        self._warm_start_valid = chunk.trajectory is not None
+        self.last_denoiser_calls = chunk.denoiser_calls
+        self.last_chunk_warm_started = chunk.warm_started
+        self.total_denoiser_calls += chunk.denoiser_calls
+        self.chunks_predicted += 1
+        return chunk
 
     def _next_warm_start(self) -> torch.Tensor | None:
         """The initial guess for the next chunk from the last one; None means a full solve."""

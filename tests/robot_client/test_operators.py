@@ -15,7 +15,7 @@ import pytest
 from fake_learner import FakeLearner
 from robot_fakes import ACTION_DIM, ConfigFactory, FakePolicy, FakeRobot, ScriptedOperator, fake_policy_loader
 
-from robot_client.config import ControlConfig, OperatorConfig
+from robot_client.config import ControlConfig, InferenceMode, OperatorConfig, PolicyConfig
 from robot_client.daemon import RobotDaemon
 from robot_client.intervention_gate import InterventionGate
 from robot_client.operators import LeRobotTeleopInput, OperatorDecision, OperatorPanel, RemoteCommands
@@ -29,7 +29,8 @@ def test_intervention_frames_keep_both_actions_and_hand_back_continues_from_exec
     robot_config: ConfigFactory,
 ) -> None:
     policy = FakePolicy(1, execution_horizon=4)
-    config = robot_config(None)
+    # Step-exact chunk counts: chunks computed in the tick (test_async_inference.py: the asynchronous hand-back).
+    config = robot_config(None, policy=PolicyConfig(inference=InferenceMode.SYNC))
     episode_log = Path(config.data_dir) / "episodes.jsonl"
     config = replace(config, metrics=replace(config.metrics, episode_log=str(episode_log)))
     daemon = RobotDaemon(
