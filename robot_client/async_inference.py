@@ -61,6 +61,7 @@ class _Request:
 @dataclass(frozen=True)
 class _Result:
     request: _Request
+    version: int  # the version of the policy that planned it
     chunk: ActionChunk | None
     error: Exception | None
     seconds: float
@@ -94,6 +95,9 @@ class AsyncChunkRunner:
         self._generation = 0
         # perf_counter() at the start of the tick whose observation the executing chunk was planned on.
         self.chunk_observed_at: float | None = None
+        # The version of the policy whose chunk the queued actions come from (after a swap at a chunk
+        # boundary the previous policy's chunk runs on until the new one's first chunk arrives).
+        self.chunk_version = 0
         self.late_steps = 0
         self.chunks = 0
         self.delays: collections.deque[int] = collections.deque(maxlen=256)  # arrival delay d, in ticks
@@ -109,6 +113,7 @@ class AsyncChunkRunner:
                 return
             policy = self._policy
             assert policy is not None
+            version = int(policy.version)
             t0 = time.perf_counter()
             try:
                 if request.prepare == "reset":
@@ -121,9 +126,9 @@ class AsyncChunkRunner:
                 actions = np.asarray(chunk.actions, dtype=np.float32)
                 if actions.ndim != 2 or not len(actions):
                     raise ValueError(f"the policy's chunk has shape {actions.shape}, expected (H, A)")
-                result = _Result(request, chunk, None, time.perf_counter() - t0)
+                result = _Result(request, version, chunk, None, time.perf_counter() - t0)
             except Exception as exc:  # one bad chunk must not end the thread: the loop holds and retries cold
-                result = _Result(request, None, exc, time.perf_counter() - t0)
+                result = _Result(request, version, None, exc, time.perf_counter() - t0)
             self._results.put(result)
 
     # ---- the control thread -------------------------------------------------------------------------------
@@ -253,6 +258,7 @@ class AsyncChunkRunner:
         self.chunks += 1
         self._chunk_tick = result.request.tick
         self.chunk_observed_at = result.request.observed_at
+        self.chunk_version = result.version
         self._actions = collections.deque(
             np.asarray(a, dtype=np.float32) for a in result.chunk.actions[delay:]
         )

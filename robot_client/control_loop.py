@@ -415,19 +415,22 @@ class ControlLoop:
                 else:
                     policy.continue_from_actions(np.stack(recent_actions))
                 self._steps_in_chunk = 0
+            # The version whose output this step's policy action is (asynchronous, after a swap at a chunk
+            # boundary: the previous policy's until the new one's first chunk arrives).
+            version = runner.chunk_version if runner is not None else self.current.version
             record = {
                 STATE: observation.state,
                 ACTION: executed,
                 POLICY_ACTION: gate.policy_action,
                 INTERVENTION: np.bool_(gate.intervening),
-                POLICY_VERSION: np.int64(self.current.version),
+                POLICY_VERSION: np.int64(version),
                 TIMESTAMP: np.float64(stamp),
                 REWARD: np.float32(result.reward),
             }
             for camera, image in observation.images.items():
                 record[IMAGE_PREFIX + camera] = image
             self.recorder.add_step(record)
-            versions.append(self.current.version)
+            versions.append(version)
             interventions += int(gate.intervening)
             success = success or result.success
             step += 1

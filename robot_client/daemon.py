@@ -72,6 +72,7 @@ from sop.bounded_shutdown import ShutdownSignals
 from sop.checkpoint import CheckpointError, read_manifest_from_bytes
 from sop.config import parse_config
 from sop.hashing import sha256_hex
+from sop.safe_logging import client_str
 from sop.v1 import fleet_pb2
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,8 @@ class RobotDaemon:
         self.check: PolicyCheck | None = None
         # (version, sha256) of checkpoints refused at start: PolicySync does not fetch them again.
         self._refused_at_start: set[tuple[int, str]] = set()
+        # The blob and sha256 the initial policy was loaded from (a spare is built from it).
+        self._initial_blob: tuple[bytes, str] | None = None
 
     # Policies ---------------------------------------------------------------------------------------------
 
@@ -156,6 +159,7 @@ class RobotDaemon:
             else:
                 if self._passes_dry_run(policy, version, digest, "last good checkpoint"):
                     log.info("running the last good checkpoint v%d from %s", version, self.config.policy_dir)
+                    self._initial_blob = (blob, digest)
                     return LoadedPolicy(policy, version, digest, "last_good")
         if base_blob is not None:
             digest = sha256_hex(base_blob)
@@ -164,12 +168,33 @@ class RobotDaemon:
                 log.info(
                     "running the base checkpoint v%d (%s)", policy.version, self.config.policy.base_checkpoint
                 )
+                self._initial_blob = (base_blob, digest)
                 return LoadedPolicy(policy, int(policy.version), digest, "base")
         if self._base_policy is not None:
             return LoadedPolicy(
                 self._base_policy, int(self._base_policy.version), "", "base", refillable=False
             )
         return None
+
+    def _warm_up_policies(self, initial: LoadedPolicy | None, swaps_expected: bool) -> None:
+        """Before the control loop starts: the initial policy does its once-per-network work (tracing), and,
+        when checkpoints will arrive, a second copy is built, warmed up and kept as the slot's spare, so
+        that every later checkpoint of the same network is loaded into it in place (`load_weights_in_place`)
+        and nothing is traced while the robot runs: tracing holds the GIL for up to a few hundred
+        milliseconds, long enough to stall the control thread whatever thread it runs on."""
+        if initial is None:
+            return
+        initial.policy.warm_up()
+        if not swaps_expected or not initial.refillable or self._initial_blob is None:
+            return
+        blob, digest = self._initial_blob
+        try:
+            spare = self.policy_loader(blob, digest)
+            spare.warm_up()
+        except Exception as exc:  # an optimisation: without a spare the first checkpoint is built afresh
+            log.warning("no warmed-up spare policy: %s: %s", type(exc).__name__, client_str(exc, 200))
+            return
+        self.slot.retire(spare)
 
     def _passes_dry_run(self, policy: Policy, version: int, digest: str, what: str) -> bool:
         """True unless the dry run refuses the policy (then counted, logged and remembered as refused)."""
@@ -222,6 +247,7 @@ class RobotDaemon:
             self.spool,
         )
         initial = self._initial_policy()
+        self._warm_up_policies(initial, swaps_expected=config.learner.address is not None)
 
         if config.learner.address is not None:
             self.link = LearnerChannel(config.learner, config.robot_id)

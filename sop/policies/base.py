@@ -176,6 +176,14 @@ class Policy(abc.ABC):
         self.chunks_predicted += 1
         return chunk
 
+    def warm_up(self) -> None:
+        """Do the once-per-network work (compiling, tracing) now, so that the first chunks a robot asks for
+        do not pay for it. A robot calls it before its control loop starts: TorchScript tracing and the graph
+        executor's first optimisation passes hold the GIL for up to a few hundred milliseconds, which on a
+        background thread would stall the control thread. Leaves the policy as `reset()` does. This default
+        has nothing to prepare."""
+        return None
+
     def _next_warm_start(self) -> torch.Tensor | None:
         """The initial guess for the next chunk from the last one; None means a full solve."""
         return None

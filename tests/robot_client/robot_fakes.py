@@ -107,6 +107,7 @@ class FakePolicy(Policy):
         self.acts = 0
         self.invalidations = 0
         self.handoffs: list[np.ndarray] = []  # the executed actions each hand-back passed
+        self.warm_ups = 0
 
     def invalidate_warm_start(self) -> None:
         self.invalidations += 1
@@ -118,6 +119,9 @@ class FakePolicy(Policy):
 
     def reseed(self, seed: int) -> None:
         """Its actions are deterministic already: nothing to seed."""
+
+    def warm_up(self) -> None:
+        self.warm_ups += 1
 
     def act(self, observation: Any) -> np.ndarray:
         self.acts += 1

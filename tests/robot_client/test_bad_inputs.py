@@ -137,7 +137,7 @@ def test_checkpoints_that_do_not_fit_the_robot_are_refused_by_the_dry_run(
     )
     episodes_before = len(daemon.summaries)
     assert learner.wait_for(lambda: len(daemon.summaries) >= episodes_before + 2)
-    assert daemon.policy_version == 1 and all(set(s.policy_versions) == {1} for s in daemon.summaries)
+    assert daemon.policy_version == 1 and all(set(s.policy_versions) <= {1} for s in daemon.summaries)
     assert daemon.metrics.snapshot()["safe_action_steps"] == 0
     # A checkpoint that fits is taken and kept.
     learner.publish(4, fake_blob(4))

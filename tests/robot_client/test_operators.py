@@ -103,7 +103,13 @@ def test_console_takes_over_teleoperates_hands_back_and_labels(
     # While the console drove, the robot executed teleop actions (or held still before the first arrived).
     assert np.isclose(executed, 0.3).all(axis=1).any()
     assert np.logical_or(np.isclose(executed, 0.3), np.isclose(executed, 0.0)).all()
-    assert np.allclose(episode.steps[POLICY_ACTION], 0.01)
+    # The policy's proposals throughout, except ticks it had none ready (after the hand-back, while the
+    # inference thread warm-started from the executed actions): the hold action there, counted as late.
+    proposals = episode.steps[POLICY_ACTION]
+    late = ~np.isclose(proposals, 0.01).all(axis=1)
+    assert (
+        np.allclose(proposals[late], 0.0) and late.sum() <= daemon.metrics.snapshot()["inference_late_steps"]
+    )
     assert any(t.outcome == "failure" for t in learner.state.telemetry)
 
 

@@ -69,7 +69,7 @@ def test_robot_runs_its_base_policy_and_spools_while_the_learner_is_down(
     assert daemon.wait(10)
     assert daemon.recorder is not None and daemon.recorder.drain(5)
     assert daemon.spool is not None and len(daemon.spool.pending()) == 3
-    assert all(set(s.policy_versions) == {1} for s in daemon.summaries)
+    assert all(set(s.policy_versions) <= {1} for s in daemon.summaries)
     assert daemon.metrics.snapshot()["learner_connected"] == 0
 
     learner.start()
