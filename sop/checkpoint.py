@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 from sop.durable_files import write_atomically
@@ -144,7 +144,7 @@ def weights_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
         digest.update(name.encode())
         digest.update(b"\0" + str(tensor.dtype).encode() + b"\0" + repr(tuple(tensor.shape)).encode() + b"\0")
         # uint8 view: numpy has no bfloat16, bytes are bytes.
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # hashed in place, the GIL released
     return digest.hexdigest()
 
 
@@ -199,6 +199,72 @@ def _read_header(blob: bytes, source: str) -> dict[str, Any]:
     return header
 
 
+# safetensors dtype names -> torch dtypes (the ones a checkpoint may hold).
+_DTYPES: Final = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}  # fmt: skip
+
+
+def _read_tensors(blob: bytes, header: Mapping[str, Any], source: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors blob, checked as strictly as safetensors checks them (known dtypes,
+    shapes that match their byte ranges, ranges that tile the data section with no gap or overlap).
+
+    Each tensor is copied out of the blob by torch, which releases the GIL while it copies; safetensors'
+    own loader holds it for the whole blob (~5 ms for a 19 MB checkpoint on a 2 GHz core), and a robot
+    loads checkpoints on a background thread while its control thread must wake every few milliseconds.
+    """
+    (length,) = struct.unpack("<Q", blob[:8])
+    data = memoryview(blob)[8 + length :]
+
+    def refused(name: str, why: str) -> CheckpointError:
+        return CheckpointError(f"{source}: tensors cannot be read: {name[:80]!r}: {why}")
+
+    ranges: list[tuple[int, int, str]] = []
+    tensors: dict[str, torch.Tensor] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict):
+            raise refused(name, "its header entry is not an object")
+        dtype = _DTYPES.get(str(info.get("dtype")))
+        shape, offsets = info.get("shape"), info.get("data_offsets")
+        if dtype is None:
+            raise refused(name, f"dtype {str(info.get('dtype'))[:20]!r} unknown")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise refused(name, "shape is not a list of sizes")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(type(o) is int for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= len(data)
+        ):
+            raise refused(name, "data_offsets outside the data section")
+        numel = math.prod(shape)
+        begin, end = offsets
+        if end - begin != numel * torch.empty((), dtype=dtype).element_size():
+            raise refused(name, f"{end - begin} bytes for shape {shape} of {info['dtype']}")
+        ranges.append((begin, end, name))
+        if numel == 0:
+            tensors[name] = torch.empty(shape, dtype=dtype)
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "non-writable buffer": the view is copied at once
+            view = torch.frombuffer(data, dtype=dtype, count=numel, offset=begin)
+        tensors[name] = view.reshape(shape).clone()
+    position = 0
+    for begin, end, name in sorted(ranges):
+        if begin != position:
+            raise refused(name, "its bytes overlap or leave a gap")
+        position = end
+    if position != len(data):
+        raise CheckpointError(
+            f"{source}: tensors cannot be read: {len(data) - position} bytes after the last one"
+        )
+    return tensors
+
+
 def read_manifest_from_bytes(blob: bytes, source: str = "checkpoint") -> CheckpointManifest:
     """The manifest alone, without touching the tensors (cheap; no hash check)."""
     metadata = _read_header(blob, source).get("__metadata__")
@@ -218,10 +284,7 @@ def checkpoint_from_bytes(
         if actual != expected_sha256.lower():
             raise CheckpointError(f"{source}: sha256 {actual} does not match the announced {expected_sha256}")
     manifest = read_manifest_from_bytes(blob, source)
-    try:
-        tensors = safetensors_load(blob)
-    except (SafetensorError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{source}: tensors cannot be read ({exc})") from None
+    tensors = _read_tensors(blob, _read_header(blob, source), source)
     actual_weights = weights_sha256(tensors)
     if actual_weights != manifest.weights_sha256:
         raise CheckpointError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -150,3 +151,48 @@ def test_unserialisable_config_fails_at_build_time() -> None:
             policy_config={"bad": object()},
             normalization={},
         )
+
+
+def test_every_dtype_and_an_empty_tensor_round_trip() -> None:
+    tensors = {
+        "bf16": torch.randn(2, 3).to(torch.bfloat16),
+        "f16": torch.randn(5).to(torch.float16),
+        "i64": torch.arange(-3, 4),
+        "u8": torch.arange(7, dtype=torch.uint8),
+        "mask": torch.tensor([True, False, True]),
+        "empty": torch.zeros(0, 4),
+    }
+    checkpoint = build_checkpoint(
+        tensors, policy_type="fake", version=1, parent_version=None, policy_config={}, normalization={}
+    )
+    loaded = checkpoint_from_bytes(checkpoint_to_bytes(checkpoint))
+    for name, tensor in tensors.items():
+        assert loaded.tensors[name].dtype == tensor.dtype and torch.equal(loaded.tensors[name], tensor), name
+
+
+def _with_header(blob: bytes, edit: Any) -> bytes:
+    """The blob with its safetensors header rewritten by `edit(header)` (the data section unchanged)."""
+    (length,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + length])
+    edit(header)
+    encoded = json.dumps(header).encode()
+    return struct.pack("<Q", len(encoded)) + encoded + blob[8 + length :]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda h: h["layer.bias"].update(dtype="F8_E9"), "dtype 'F8_E9' unknown"),
+        (lambda h: h["layer.bias"].update(shape=[4]), "12 bytes for shape \\[4\\]"),
+        (lambda h: h["layer.bias"].update(shape="3"), "shape is not a list"),
+        (lambda h: h["layer.bias"].update(data_offsets=[0, 10**9]), "data_offsets outside"),
+        (lambda h: h["layer.bias"].update(data_offsets=[-12, 0]), "data_offsets outside"),
+        (lambda h: h.update(extra=h["layer.bias"]), "overlap or leave a gap"),
+        (lambda h: h.__setitem__("layer.bias", [1, 2]), "not an object"),
+        (lambda h: h.pop("layer.bias"), "overlap or leave a gap|bytes after the last one"),
+    ],
+)
+def test_a_tampered_tensor_table_is_refused_with_its_reason(edit: Any, message: str) -> None:
+    blob = _with_header(checkpoint_to_bytes(_checkpoint()), edit)
+    with pytest.raises(CheckpointError, match=f"tensors cannot be read.*({message})"):
+        checkpoint_from_bytes(blob)
