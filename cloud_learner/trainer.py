@@ -128,6 +128,7 @@ class Trainer:
         self.policy = policy
         self.features = PolicyFeatures.from_policy_config(checkpoint.manifest.policy_config)
         self.algorithm = self.config.algorithm.build(self.policy)
+        self.algorithm.attach_replay(self.store)
         state = self.checkpoints.read_trainer_state(latest.version)
         if state is not None:
             self.algorithm.load_training_state(*state)

@@ -12,6 +12,8 @@ The interface is deliberately small:
   positive" indicator; None for plain behaviour cloning).
 - `update(batch) -> UpdateResult`: one optimisation step. Per-sample losses come back so the trainer can
   compute SOP's online/offline mixing weights without a second forward pass.
+- `attach_replay(store)`: the whole replay store, for algorithms that need more than the batch (RECAP
+  trains its value model on every episode); a no-op by default.
 - `publishable_policy()`: the policy whose weights go out to robots (e.g. an EMA copy).
 - `training_state()` / `load_training_state()`: optimiser, schedule and EMA state as tensors plus JSON,
   saved next to each published checkpoint so a restarted learner continues where it stopped.
@@ -27,6 +29,7 @@ import draccus
 from torch import Tensor
 
 if TYPE_CHECKING:
+    from sop.data.episode_store import EpisodeStore
     from sop.policies.base import Policy
 
 
@@ -81,6 +84,11 @@ class Algorithm(abc.ABC):
     @abc.abstractmethod
     def make_policy_condition(self, batch: dict[str, Any]) -> dict[str, Tensor] | None:
         """Extra conditioning inputs for the policy on this batch (None when the policy takes none)."""
+
+    def attach_replay(self, store: EpisodeStore) -> None:
+        """The replay store the trainer samples from, given once before the first update: for algorithms that
+        learn from whole episodes besides the batch (RECAP's value model). Default: not needed."""
+        del store
 
     @abc.abstractmethod
     def update(self, batch: dict[str, Any]) -> UpdateResult:

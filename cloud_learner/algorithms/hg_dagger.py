@@ -88,23 +88,7 @@ class HGDagger(Algorithm):
         return masked
 
     def update(self, batch: dict[str, Any]) -> UpdateResult:
-        batch_size = len(batch["task"])
-        weights = torch.as_tensor(
-            np.asarray(batch.get("weight", np.ones(batch_size)), np.float32), dtype=torch.float32
-        ).requires_grad_(True)
-        metrics = self.bc.step(dict(batch, weight=weights, action_is_pad=self.loss_mask(batch)))
-        loss = torch.tensor(metrics["loss"])
-        if weights.grad is None:  # a loss that ignores the weights: every sample gets the batch loss
-            sample_losses = loss.expand(batch_size).clone()
-        else:
-            sample_losses = loss + weights.grad * weights.detach().sum()
-        sources = np.asarray(batch["source"])
-        for source in (Source.ONLINE.value, Source.OFFLINE.value):
-            chosen = sources == source
-            metrics[f"fraction_{source}"] = float(chosen.mean())
-            if chosen.any():
-                metrics[f"loss_{source}"] = float(sample_losses[torch.as_tensor(chosen)].mean())
-        return UpdateResult(metrics=metrics, sample_losses=sample_losses.detach())
+        return weighted_bc_update(self.bc, batch, self.loss_mask(batch))
 
     def publishable_policy(self) -> Policy:
         return self.bc.ema_policy()
@@ -114,3 +98,26 @@ class HGDagger(Algorithm):
 
     def load_training_state(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
         self.bc.load_training_state(tensors, meta)
+
+
+def weighted_bc_update(bc: BCTrainer, batch: dict[str, Any], loss_mask: np.ndarray) -> UpdateResult:
+    """One BC step on `batch` with `loss_mask` (B, Tp) steps left out; per-sample losses read off the
+    gradient of the per-sample weights (module docstring), and the loss per source for the logs. Shared by
+    every algorithm whose update is weighted behaviour cloning (HG-DAgger, RECAP)."""
+    batch_size = len(batch["task"])
+    weights = torch.as_tensor(
+        np.asarray(batch.get("weight", np.ones(batch_size)), np.float32), dtype=torch.float32
+    ).requires_grad_(True)
+    metrics = bc.step(dict(batch, weight=weights, action_is_pad=loss_mask))
+    loss = torch.tensor(metrics["loss"])
+    if weights.grad is None:  # a loss that ignores the weights: every sample gets the batch loss
+        sample_losses = loss.expand(batch_size).clone()
+    else:
+        sample_losses = loss + weights.grad * weights.detach().sum()
+    sources = np.asarray(batch["source"])
+    for source in (Source.ONLINE.value, Source.OFFLINE.value):
+        chosen = sources == source
+        metrics[f"fraction_{source}"] = float(chosen.mean())
+        if chosen.any():
+            metrics[f"loss_{source}"] = float(sample_losses[torch.as_tensor(chosen)].mean())
+    return UpdateResult(metrics=metrics, sample_losses=sample_losses.detach())

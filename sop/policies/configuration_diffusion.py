@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -122,6 +123,23 @@ class DiffusionPolicyConfig:
         },
     )
 
+    advantage_conditioning: bool = field(
+        default=False,
+        metadata={
+            "help": "RECAP: the network takes a binary 'good action' indicator (an embedding added to the FiLM "
+            "condition; unknown / good / not good) and the robot samples conditioned on 'good'. Off: the "
+            "network and its predictions are exactly those of a plain diffusion policy"
+        },
+    )
+    guidance_beta: float = field(
+        default=1.0,
+        metadata={
+            "help": "RECAP's classifier-free guidance weight at inference: 1 conditions on 'good' (one denoiser "
+            "pass); beta != 1 mixes eps_unknown + beta (eps_good - eps_unknown) (two). Needs "
+            "advantage_conditioning"
+        },
+    )
+
     def __post_init__(self) -> None:
         _coerce_enums(
             self,
@@ -175,6 +193,13 @@ class DiffusionPolicyConfig:
             raise ValueError(f"gripper_mode {self.gripper_mode.value!r} needs a gripper_index")
         if self.gripper_factor <= 0:
             raise ValueError(f"gripper_factor must be positive, got {self.gripper_factor}")
+        if not math.isfinite(self.guidance_beta) or self.guidance_beta < 0:
+            raise ValueError(f"guidance_beta must be finite and >= 0, got {self.guidance_beta}")
+        if self.guidance_beta != 1.0 and not self.advantage_conditioning:
+            raise ValueError(
+                f"guidance_beta {self.guidance_beta} needs advantage_conditioning (a policy without the "
+                "indicator has nothing to guide with); leave guidance_beta at 1"
+            )
         if self.gripper_levels:
             if self.gripper_index is None:
                 raise ValueError("gripper_levels need a gripper_index")

@@ -4,15 +4,25 @@
 weights into behaviour: normalization statistics, the sampler (DDPM / DDIM / RTI), the warm start, and the
 checkpoint round trip. Training goes through `compute_loss(batch)` so the offline BC trainer and the cloud
 learner share one loss (per-sample weights included: HG-DAgger and RECAP weight frames differently).
+
+RECAP's advantage conditioning (`config.advantage_conditioning`) is one more term of the FiLM condition: a
+learned embedding of the "good action" indicator (`ADVANTAGE_UNKNOWN` / `ADVANTAGE_NEGATIVE` /
+`ADVANTAGE_POSITIVE`) added to the observation features. It starts at zero, so a policy converted from an
+unconditioned base (`with_advantage_conditioning`) first predicts exactly what the base did. At inference a
+conditioned policy asks for "good"; with `guidance_beta` != 1 the denoiser the samplers call is the
+classifier-free-guided one, eps_unknown + beta (eps_good - eps_unknown), both halves in one batched U-Net
+pass, so DDPM, DDIM and RTI's warm-started steps all sample the guided model. Without the flag the network has
+no embedding and every code path is the plain policy's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import numpy as np
 import torch
@@ -47,6 +57,13 @@ from sop.policies.samplers import make_ddpm_scheduler, make_sampler, rti_warm_st
 
 POLICY_TYPE = "diffusion"
 
+# The batch key holding each sample's indicator index (B,) int, read by a conditioned policy's compute_loss.
+ADVANTAGE_CONDITION: Final = "advantage_condition"
+# Indicator indices: "unknown" is the dropped (classifier-free) value and the unconditional half of guidance.
+ADVANTAGE_UNKNOWN: Final = 0
+ADVANTAGE_NEGATIVE: Final = 1
+ADVANTAGE_POSITIVE: Final = 2
+
 log = logging.getLogger(__name__)
 
 
@@ -64,6 +81,39 @@ class DiffusionNetwork(nn.Module):
             num_groups=config.num_groups,
             timestep_embed_dim=config.timestep_embed_dim,
         )
+        if config.advantage_conditioning:
+            # Zero at first: conditioning adds nothing until training tells "good" from "not good" apart.
+            self.advantage = nn.Embedding(3, global_condition_dim(config))
+            nn.init.zeros_(self.advantage.weight)
+
+
+def advantage_condition(
+    positive: np.ndarray | Sequence[bool], dropout: float, generator: np.random.Generator
+) -> np.ndarray:
+    """(B,) int64 indicator indices for training: positive -> ADVANTAGE_POSITIVE, else ADVANTAGE_NEGATIVE,
+    each replaced by ADVANTAGE_UNKNOWN with probability `dropout` (what teaches the unconditional model that
+    classifier-free guidance needs)."""
+    if not 0.0 <= dropout <= 1.0:
+        raise ValueError(f"dropout must be in [0, 1], got {dropout}")
+    flags = np.asarray(positive, dtype=bool)
+    indices = np.where(flags, ADVANTAGE_POSITIVE, ADVANTAGE_NEGATIVE).astype(np.int64)
+    indices[generator.random(flags.shape) < dropout] = ADVANTAGE_UNKNOWN
+    return indices
+
+
+def instruction_input(
+    config: DiffusionPolicyConfig, tasks: Sequence[str], instructions: Sequence[str], device: torch.device
+) -> Tensor:
+    """What `InstructionConditioner` reads: task indices ('task') or frozen sentence embeddings ('sentence');
+    shared by the policy and the value model (`sop.values`) so both condition on the instruction alike."""
+    if config.instruction_encoder is InstructionEncoderKind.TASK:
+        indices = []
+        for task in tasks:
+            if task not in config.tasks:
+                raise ObservationError(f"task {task!r} is not one this policy knows ({list(config.tasks)})")
+            indices.append(config.tasks.index(task))
+        return torch.as_tensor(indices, dtype=torch.long, device=device)
+    return shared_sentence_encoder().embed(instructions, device)
 
 
 def _as_tensor(value: Any, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -178,24 +228,32 @@ class DiffusionPolicy(Policy):
         return self.normalizer.unnormalize(ACTION, self._scale_gripper(trajectory, inverse=True))
 
     def _instruction_input(self, tasks: Sequence[str], instructions: Sequence[str]) -> Tensor:
-        if self.config.instruction_encoder is InstructionEncoderKind.TASK:
-            indices = []
-            for task in tasks:
-                if task not in self.config.tasks:
-                    raise ObservationError(
-                        f"task {task!r} is not one this policy knows ({list(self.config.tasks)})"
-                    )
-                indices.append(self.config.tasks.index(task))
-            return torch.as_tensor(indices, dtype=torch.long, device=self.device)
-        return shared_sentence_encoder().embed(instructions, self.device)
+        return instruction_input(self.config, tasks, instructions, self.device)
 
     def _condition(
-        self, state: Tensor, images: dict[str, Tensor], tasks: Sequence[str], instructions: Sequence[str]
+        self,
+        state: Tensor,
+        images: dict[str, Tensor],
+        tasks: Sequence[str],
+        instructions: Sequence[str],
+        advantage: Tensor | None = None,
     ) -> Tensor:
+        """The FiLM condition; `advantage` (B,) indicator indices for a conditioned policy (None: unknown)."""
         normalized = self.normalizer.normalize(STATE, state)
         cond: Tensor = self.network.observations(
             normalized, images, self._instruction_input(tasks, instructions)
         )
+        if self.config.advantage_conditioning:
+            if advantage is None:
+                advantage = torch.full(
+                    (cond.shape[0],), ADVANTAGE_UNKNOWN, dtype=torch.long, device=self.device
+                )
+            cond = cond + self.network.advantage(advantage)
+        elif advantage is not None:
+            raise ValueError(
+                f"the batch carries {ADVANTAGE_CONDITION!r} but this policy was built without "
+                "advantage_conditioning (convert it with with_advantage_conditioning)"
+            )
         return cond
 
     # ---- training ----------------------------------------------------------------------------------------
@@ -204,7 +262,8 @@ class DiffusionPolicy(Policy):
         """Weighted epsilon-prediction loss on a window batch (numpy or torch values).
 
         batch: "observation.state" (B, To, D), "action" (B, Tp, A), "task" / "instruction" list[str],
-        optional "weight" (B,) per-sample weights, "action_is_pad" (B, Tp), "observation.images.<cam>".
+        optional "weight" (B,) per-sample weights, "action_is_pad" (B, Tp), "observation.images.<cam>",
+        and for a conditioned policy ADVANTAGE_CONDITION (B,) indicator indices (absent: all unknown).
         Padded actions (copies of the episode's last action) are trained on unless `mask_padding`, as in
         Diffusion Policy, which teaches the policy to hold still once a task is done.
         """
@@ -226,7 +285,14 @@ class DiffusionPolicy(Policy):
         }
         tasks = list(batch.get("task") or [""] * batch_size)
         instructions = list(batch.get("instruction") or tasks)
-        cond = self._condition(state, images, tasks, instructions)
+        advantage = batch.get(ADVANTAGE_CONDITION)
+        cond = self._condition(
+            state,
+            images,
+            tasks,
+            instructions,
+            None if advantage is None else _as_tensor(advantage, torch.long, self.device),
+        )
 
         trajectory = self.actions_to_model(actions)
         noise = torch.randn_like(trajectory)
@@ -284,11 +350,15 @@ class DiffusionPolicy(Policy):
         instruction = str(current.get("instruction", task))
         if self.network.training:  # eval() walks every module: 1.6 ms, a fifth of an RTI step on this CPU
             self.network.eval()
-        cond = self._condition(state, self._observation_images(history), [task], [instruction])
+        images = self._observation_images(history)
+        if self.config.advantage_conditioning:
+            denoise = self._guided_denoiser(state, images, task, instruction)
+        else:
+            cond = self._condition(state, images, [task], [instruction])
 
-        def denoise(sample: Tensor, timesteps: Tensor) -> Tensor:
-            out: Tensor = self._inference_unet(sample, timesteps, cond)(sample, timesteps, cond)
-            return out
+            def denoise(sample: Tensor, timesteps: Tensor) -> Tensor:
+                out: Tensor = self._inference_unet(sample, timesteps, cond)(sample, timesteps, cond)
+                return out
 
         shape = (1, self.config.prediction_horizon, self.config.action_dim)
         initial = None if warm_start is None else warm_start.reshape(shape)
@@ -303,6 +373,53 @@ class DiffusionPolicy(Policy):
             denoiser_calls=result.denoiser_calls,
             warm_started=result.warm_started,
         )
+
+    def warm_up(self) -> None:
+        """Trace the U-Net and run the graph executor's first passes on a zero observation: a full solve and
+        a warm-started chunk, as a robot's first two chunks are. The sampling generator is restored after."""
+        observation: dict[str, Any] = {
+            "state": np.zeros(self.config.state_dim, dtype=np.float32),
+            "task": self.config.tasks[0] if self.config.tasks else "",
+            "instruction": "",
+            "images": {camera: np.zeros((64, 64, 3), dtype=np.uint8) for camera in self.config.cameras},
+        }
+        generator_state = self.generator.get_state()
+        try:
+            first = self.predict_chunk(observation)
+            if self.sampler.uses_warm_start and first.trajectory is not None:
+                self.predict_chunk(observation, warm_start=first.trajectory)
+        except Exception as exc:  # an optimisation only: the first real chunk traces instead
+            log.warning("warm-up skipped: %s: %s", type(exc).__name__, exc)
+        finally:
+            self.generator.set_state(generator_state)
+            self.reset()
+
+    def _guided_denoiser(
+        self, state: Tensor, images: dict[str, Tensor], task: str, instruction: str
+    ) -> Callable[[Tensor, Tensor], Tensor]:
+        """RECAP's denoiser: conditioned on "good"; with guidance_beta != 1, classifier-free guidance
+        eps_unknown + beta (eps_good - eps_unknown), the two halves as one batch of two (one U-Net pass)."""
+        beta = self.config.guidance_beta
+        good = torch.tensor([ADVANTAGE_POSITIVE], dtype=torch.long, device=self.device)
+        cond_good = self._condition(state, images, [task], [instruction], good)
+        if beta == 1.0:
+
+            def conditioned(sample: Tensor, timesteps: Tensor) -> Tensor:
+                out: Tensor = self._inference_unet(sample, timesteps, cond_good)(sample, timesteps, cond_good)
+                return out
+
+            return conditioned
+        unknown = torch.tensor([ADVANTAGE_UNKNOWN], dtype=torch.long, device=self.device)
+        cond_both = torch.cat([cond_good, self._condition(state, images, [task], [instruction], unknown)])
+
+        def guided(sample: Tensor, timesteps: Tensor) -> Tensor:
+            samples, steps = torch.cat([sample, sample]), torch.cat([timesteps, timesteps])
+            eps_good, eps_unknown = self._inference_unet(samples, steps, cond_both)(
+                samples, steps, cond_both
+            ).chunk(2)
+            return eps_unknown + beta * (eps_good - eps_unknown)
+
+        return guided
 
     def _gripper_cut(self, task: str) -> float:
         """Where "closed" starts for `task`, in the sampler's space: its data's cut, else 0 (the sign)."""
@@ -469,6 +586,20 @@ class DiffusionPolicy(Policy):
         self.parent_version = manifest.parent_version
         self.reset()
         return True
+
+    def with_advantage_conditioning(self, guidance_beta: float = 1.0) -> DiffusionPolicy:
+        """A RECAP copy of this policy: same weights and statistics, plus the advantage indicator (a new
+        embedding at zero, so it predicts what this one does until trained) and `guidance_beta`. On a policy
+        that is conditioned already only beta changes."""
+        config = dataclasses.replace(self.config, advantage_conditioning=True, guidance_beta=guidance_beta)
+        with torch.random.fork_rng(devices=[]):
+            policy = DiffusionPolicy(
+                config, self.stats, self.sampler_config, self.version, self.parent_version, self.device
+            )
+        missing, unexpected = policy.network.load_state_dict(self.network.state_dict(), strict=False)
+        if unexpected or any(not name.startswith("advantage.") for name in missing):
+            raise CheckpointError(f"weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        return policy
 
     def with_weights(self, state_dict: Mapping[str, Tensor], version: int | None = None) -> DiffusionPolicy:
         """A new policy with this one's config, statistics and sampler and the given weights (e.g. the EMA).
