@@ -7,6 +7,7 @@ Everything the learner writes lives under `run_dir` so that a restart with the s
     run_dir/checkpoints/   published checkpoints, the last `trainer.keep_last` of them
     run_dir/tensorboard/   training curves
     run_dir/train.jsonl    one JSON line per logged trainer step and per publication (for reports)
+    run_dir/console/       the operator console's accounts (`sop console` creates the first admin)
 """
 
 from __future__ import annotations
@@ -325,6 +326,39 @@ class TrainerConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleConfig:
+    """The operator console (cloud_learner/console/): a web page served by the learner process."""
+
+    # host:port of the console's HTTP + WebSocket server; port 0 picks a free one. null: no console.
+    # TLS with server.tls's certificate when the learner has one; a non-loopback address without it is
+    # refused unless server.insecure, as for the gRPC server (passwords and session cookies would travel
+    # in clear).
+    address: str | None = None
+    # A login lasts this long; then the page asks for the password again.
+    session_ttl_s: float = 8 * 3600.0
+    # An operator holds a robot they took over until they hand it back, their page disconnects, or they
+    # send no command for this long (then the robot is handed back to its policy).
+    lease_ttl_s: float = 30.0
+    # Teleop commands one robot accepts per second (the robots' control rate); faster ones are refused.
+    teleop_rate_hz: float = 30.0
+    # How often the page's live view (fleet, the watched robot, the learner) is refreshed.
+    update_interval_s: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.address is not None:
+            host, sep, port = self.address.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ValueError(f"console.address must be host:port or null, got {self.address!r}")
+        _positive(
+            "console",
+            session_ttl_s=self.session_ttl_s,
+            lease_ttl_s=self.lease_ttl_s,
+            teleop_rate_hz=self.teleop_rate_hz,
+            update_interval_s=self.update_interval_s,
+        )
+
+
+@dataclass(frozen=True)
 class LearnerConfig:
     """`sop learner serve`: ingest robot episodes, train asynchronously, publish checkpoints."""
 
@@ -335,6 +369,7 @@ class LearnerConfig:
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     algorithm: AlgorithmConfig = field(default_factory=HGDaggerConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     log_level: str = "INFO"
     # glibc malloc arenas of `sop learner serve` (sop/malloc_arenas.py): with one per thread its resident
     # memory creeps up with traffic; 2 keeps it flat. null: glibc's default (8 per core).
@@ -347,6 +382,15 @@ class LearnerConfig:
             _positive("learner", malloc_arena_max=self.malloc_arena_max)
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+        console_host = (self.console.address or "").rpartition(":")[0]
+        plaintext = not self.server.tls.enabled and not self.server.insecure
+        if console_host and plaintext and not is_loopback_host(console_host):
+            raise ValueError(
+                f"console.address {self.console.address!r} is reachable from other machines but "
+                "server.tls is not configured, so passwords and session cookies would cross the network "
+                "in clear: set server.tls.cert_file and key_file (the console serves HTTPS with them), "
+                "or set server.insecure=true on a network you trust"
+            )
 
     @property
     def replay_dir(self) -> Path:
@@ -367,3 +411,7 @@ class LearnerConfig:
     @property
     def train_log_path(self) -> Path:
         return Path(self.run_dir) / "train.jsonl"
+
+    @property
+    def console_dir(self) -> Path:
+        return Path(self.run_dir) / "console"

@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cloud_learner.auth import RobotAuthInterceptor, authenticated_robot_id, authenticated_role, require_role
-from cloud_learner.checkpoint_store import CheckpointStore
+from cloud_learner.checkpoint_store import CheckpointRecord, CheckpointStore
 from cloud_learner.config import LearnerConfig
 from cloud_learner.ingest import Ingest, IngestError, UploadStaging
 from cloud_learner.liveness import StreamWatchdog
@@ -59,6 +60,7 @@ from sop.safe_logging import RateLimitedLog, client_str
 from sop.v1 import fleet_pb2, fleet_pb2_grpc, operator_pb2, operator_pb2_grpc
 
 if TYPE_CHECKING:
+    from cloud_learner.console.server import ConsoleServer
     from cloud_learner.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -318,6 +320,22 @@ def _server_credentials(config: LearnerConfig) -> grpc.ServerCredentials | None:
     )
 
 
+@dataclass(frozen=True)
+class TrainingStatus:
+    """A copy of the learner's training state for readers on other threads (the console's learner view)."""
+
+    trainer_enabled: bool
+    trainer_running: bool
+    trainer_failure: str | None
+    step: int
+    samples_trained: int
+    # The trainer's scalars at its last log (`train/loss`, `mix/<task>/online_share`, ...).
+    metrics: dict[str, float]
+    replay_episodes: int
+    latest_version: int | None
+    checkpoints: list[CheckpointRecord]  # the kept versions, oldest first
+
+
 class LearnerService:
     """The whole learner in one process: gRPC server, ingest, replay, trainer, publisher, relay."""
 
@@ -330,6 +348,7 @@ class LearnerService:
         self._stopped = threading.Event()
         self._stop_requested = threading.Event()
         self.features: PolicyFeatures | None = None
+        self.console: ConsoleServer | None = None
 
     def start(self) -> int:
         """Open run_dir (resuming whatever is there), start serving and training; returns the bound port."""
@@ -412,6 +431,18 @@ class LearnerService:
                 f"cannot listen on server.address {address}: the port is in use (another learner?); stop "
                 "that process or pass another --server.address",
             )
+        if config.console.address is not None:
+            from cloud_learner.console.server import ConsoleServer  # FastAPI loads only with a console
+
+            try:
+                self.console = ConsoleServer(self)
+                self.console.start()
+            except BaseException:  # e.g. console.address taken: leave nothing running behind the error
+                self.console = None
+                server.stop(None)
+                self.ingest.stop(timeout_s=STOP_COMMITS_S)
+                self.watchdog.stop()
+                raise
         server.start()
         self._server = server
         self.port = port
@@ -487,11 +518,35 @@ class LearnerService:
         finally:
             self.streams.release(robot_id, kind)
 
+    def training_status(self) -> TrainingStatus:
+        """Where training stands: step, last metrics, kept checkpoint versions (read-only, any thread)."""
+        trainer = self.trainer
+        latest = self.publisher.latest
+        failure = None if trainer is None else trainer.failure
+        return TrainingStatus(
+            trainer_enabled=trainer is not None,
+            trainer_running=trainer is not None and trainer.running,
+            trainer_failure=None if failure is None else str(failure)[:400],
+            step=0 if trainer is None else trainer.step,
+            samples_trained=0 if trainer is None else trainer.samples_trained,
+            metrics={} if trainer is None else dict(trainer.last_metrics),
+            replay_episodes=len(self.store),
+            latest_version=None if latest is None else latest.version,
+            checkpoints=[
+                record
+                for record in (self.checkpoints.record(v) for v in self.checkpoints.versions())
+                if record is not None
+            ],
+        )
+
     def _write_endpoint(self, port: int) -> None:
-        """`run_dir/endpoint.json` tells harnesses where the learner listens (port 0 picks one)."""
+        """`run_dir/endpoint.json` tells harnesses where the learner listens (port 0 picks one), and where
+        its console does."""
         host = self.config.server.address.rpartition(":")[0]
         path = Path(self.config.run_dir) / ENDPOINT_FILE
-        endpoint = {"address": f"{host}:{port}", "port": port, "pid": os.getpid()}
+        endpoint: dict[str, Any] = {"address": f"{host}:{port}", "port": port, "pid": os.getpid()}
+        if self.console is not None:
+            endpoint["console_url"] = self.console.url
         write_json_atomically(path, endpoint, durable=False)  # rewritten at every start: no fsync needed
 
     def _on_commit(self, episode: Episode) -> None:
@@ -507,6 +562,9 @@ class LearnerService:
         grace = self.config.server.shutdown_grace_s if grace_s is None else grace_s
         if self._health is not None:
             self._health.enter_graceful_shutdown()
+        if self.console is not None:
+            self.console.stop()
+            self.console = None
         self.publisher.close()
         self.relay.close()
         if not self._server.stop(grace).wait(timeout=grace + STOP_CALLS_EXTRA_S):
@@ -545,6 +603,8 @@ def main(argv: list[str]) -> int:
     service = LearnerService(config)
     port = service.start()  # a port in use is an OSError(EADDRINUSE): one line from the `sop` front door
     print(f"learner listening on port {port}", flush=True)
+    if service.console is not None:
+        print(f"console: {service.console.url}", flush=True)
 
     signals = ShutdownSignals(service.request_stop, config.server.shutdown_grace_s + EXIT_DEADLINE_EXTRA_S)
     signals.install()

@@ -65,4 +65,14 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1'; then
     fi
 fi
 
+# The operator console's browser test drives Debian's chromium through Playwright (which cannot download one).
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing chromium for the console's browser test"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "setup: warning: chromium not found; the console's browser test is skipped (apt-get install chromium)" >&2
+    fi
+fi
+
 "$VENV/bin/python" scripts/generate_protos.py
