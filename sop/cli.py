@@ -36,6 +36,7 @@ USER_ERRORS: dict[str, int] = {
     "sop.checkpoint.CheckpointError": EXIT_RUNTIME,  # a checkpoint that is not one, or is corrupt
     "sop.fleet_trust.TrustError": EXIT_RUNTIME,  # certificates, signing keys, signatures
     "cloud_learner.trainer.TrainerError": EXIT_RUNTIME,  # e.g. no base checkpoint to train
+    "cloud_learner.console.accounts.AccountError": EXIT_RUNTIME,  # a refused user name, password, accounts file
     # A file or folder the user named is missing, already there, or not theirs to write.
     "builtins.FileNotFoundError": EXIT_RUNTIME,
     "builtins.FileExistsError": EXIT_RUNTIME,
@@ -63,6 +64,9 @@ COMMANDS: dict[str, Command] = {
     "train bc": Command("sop.training.bc", "behaviour cloning on an episode store"),
     "robot run": Command("robot_client.daemon", "run the robot daemon"),
     "learner serve": Command("cloud_learner.service", "serve the fleet: ingest, train, publish"),
+    "console": Command(
+        "cloud_learner.console.accounts", "create the operator console's first admin and print its URL"
+    ),
     "fleet init": Command(
         "sop.fleet_trust", "create a fleet's CA, TLS certificates, tokens and checkpoint-signing key"
     ),
@@ -73,10 +77,21 @@ COMMANDS: dict[str, Command] = {
     "import lerobot": Command(
         "sop.data.lerobot_dataset", "import a LeRobotDataset as offline demonstrations", "import_main"
     ),
+    "policy import-lerobot": Command(
+        "sop.policies.lerobot_folder", "wrap a lerobot policy folder as an SOP checkpoint", "import_main"
+    ),
+    "policy export-lerobot": Command(
+        "sop.policies.lerobot_folder",
+        "write an SOP checkpoint of a lerobot policy as a lerobot folder",
+        "export_main",
+    ),
     "bench env": Command("benchmarks.env", "Meta-World env steps/s with and without rendering"),
     "bench data": Command("benchmarks.data", "codec, store and window-sampler throughput"),
     "bench rti": Command("benchmarks.rti", "RTI vs DDPM/DDIM success and latency"),
     "bench robot": Command("benchmarks.robot", "control-loop timing while uploading and swapping"),
+    "bench policy-latency": Command(
+        "benchmarks.policy_latency", "policy latency per chunk and step (CPU or GPU)"
+    ),
     "bench learner": Command("benchmarks.learner", "ingest, broadcast and trainer throughput"),
     "bench fleet": Command("benchmarks.fleet", "success vs per-robot steps for 1, 2, 4 robots"),
     "bench retrain": Command("benchmarks.retrain", "retrain a run's replay at fixed learner steps, evaluate"),
