@@ -46,6 +46,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from sop.checkpoint import Checkpoint
+
 Observation = Mapping[str, Any]
 
 
@@ -247,3 +249,20 @@ class Policy(abc.ABC):
         read raises as loading it would. This default takes nothing.
         """
         return False
+
+    def _take_weights(self, network: torch.nn.Module, checkpoint: Checkpoint) -> bool:
+        """The end of `load_weights_in_place` once a subclass found the checkpoint's config and statistics
+        equal to its own: its tensors must be `network`'s (same names and shapes); they are copied into it, so
+        traced copies of the network stay valid. True when taken: the policy then carries the checkpoint's
+        version and starts afresh."""
+        own = network.state_dict()
+        if set(checkpoint.tensors) != set(own) or any(
+            tensor.shape != own[name].shape for name, tensor in checkpoint.tensors.items()
+        ):
+            return False
+        with torch.no_grad():
+            network.load_state_dict(checkpoint.tensors, strict=True)
+        self.version = checkpoint.manifest.version
+        self.parent_version = checkpoint.manifest.parent_version
+        self.reset()
+        return True

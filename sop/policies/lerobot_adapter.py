@@ -470,17 +470,7 @@ class LeRobotPolicyAdapter(Policy):
             return False
         if manifest.normalization != self.stats.to_dict():
             return False
-        own = self.network.state_dict()
-        if set(checkpoint.tensors) != set(own) or any(
-            tensor.shape != own[name].shape for name, tensor in checkpoint.tensors.items()
-        ):
-            return False
-        with torch.no_grad():
-            self.network.load_state_dict(checkpoint.tensors, strict=True)
-        self.version = manifest.version
-        self.parent_version = manifest.parent_version
-        self.reset()
-        return True
+        return self._take_weights(self.network, checkpoint)
 
     def save(self, path: str | Path, version: int | None = None, parent_version: int | None = None) -> Path:
         return save_checkpoint(self.to_checkpoint(version, parent_version), path)

@@ -575,17 +575,7 @@ class DiffusionPolicy(Policy):
             return False  # building a policy from it names the problem
         if config != self.config or stats.to_dict() != self.stats.to_dict():
             return False
-        own = self.network.state_dict()
-        if set(checkpoint.tensors) != set(own) or any(
-            tensor.shape != own[name].shape for name, tensor in checkpoint.tensors.items()
-        ):
-            return False
-        with torch.no_grad():
-            self.network.load_state_dict(checkpoint.tensors, strict=True)
-        self.version = manifest.version
-        self.parent_version = manifest.parent_version
-        self.reset()
-        return True
+        return self._take_weights(self.network, checkpoint)
 
     def with_advantage_conditioning(self, guidance_beta: float = 1.0) -> DiffusionPolicy:
         """A RECAP copy of this policy: same weights and statistics, plus the advantage indicator (a new
