@@ -358,6 +358,8 @@ class ControlLoop:
             late = False
             if first_step:
                 policy_action, first_action, first_step = first_action, None, False
+                # Asynchronous, a failed first chunk was counted by the runner (on_error): hold, once.
+                late = runner is not None and policy_action is None
             elif runner is not None:
                 if (
                     swap_at_chunks

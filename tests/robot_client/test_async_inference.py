@@ -220,3 +220,27 @@ def test_policy_inference_settings_are_checked() -> None:
         PolicyConfig(inference="threads")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="inference_lead_steps"):
         PolicyConfig(inference_lead_steps=-1)
+
+
+@pytest.mark.parametrize("bad_chunk", [0, 1])
+def test_a_failed_chunk_in_the_daemon_is_counted_once_and_held(
+    bad_chunk: int, robot_config: ConfigFactory
+) -> None:
+    """The episode's first chunk (solved before the grid) or a later one raises: one policy error, the robot
+    holds until the next chunk (a full solve), and the episode runs to its end."""
+    robot = FakeRobot()
+    daemon = RobotDaemon(
+        robot_config(None), robot=robot, base_policy=FaultyPolicy(1, "raise", bad_chunks={bad_chunk})
+    )
+    (summary,) = daemon.run(max_episodes=1)
+    assert summary.steps == 12
+    refused = {
+        tuple(sample.labels.values()): sample.value
+        for family in daemon.metrics.commands_refused.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+    assert refused == {("policy", "policy_error"): 1.0}
+    executed = np.stack(robot.actions)[:, 0]
+    assert np.all((executed == 0.0) | np.isclose(executed, 0.01))
+    assert (executed == 0.0).sum() == daemon.metrics.snapshot()["inference_late_steps"] >= 1
