@@ -53,7 +53,8 @@ class _Request:
     observed_at: float  # perf_counter() at that tick's start
     steps_since_last_chunk: int
     generation: int  # a chunk asked for before the last `invalidate` / hand-back is dropped on arrival
-    # What to do to the policy's warm-start state first: "" (nothing), "cold" (invalidate) or "handoff".
+    # What to do to the policy first: "" (nothing), "reset" (a new episode or policy), "cold" (invalidate the
+    # warm start) or "handoff" (continue from `executed`).
     prepare: str = ""
     executed: np.ndarray | None = None  # the robot's last executed actions, for "handoff"
 
