@@ -231,13 +231,19 @@ class ConsoleCommands:
         )
         return {"robot_id": robot_id, "held_by": operator, "expires_in_s": self.leases.remaining_s(lease)}
 
-    def _hand_back(self, robot_id: str, operator: str, reason: str) -> dict[str, Any]:
+    def _lease_of(self, command: str, robot_id: str, operator: str, missing: str) -> Lease:
+        """The operator's lease on the robot; refused (naming `command`) when another operator holds it, or
+        with `missing` when nobody does."""
         try:
             lease = self.leases.check(robot_id, operator)
         except LeaseHeld as exc:
-            raise self._held_elsewhere("hand_back", exc) from None
+            raise self._held_elsewhere(command, exc) from None
         if lease is None:
-            raise CommandRefused(f"hand_back: {operator} does not hold robot {robot_id}")
+            raise CommandRefused(f"{command}: {missing}")
+        return lease
+
+    def _hand_back(self, robot_id: str, operator: str, reason: str) -> dict[str, Any]:
+        self._lease_of("hand_back", robot_id, operator, f"{operator} does not hold robot {robot_id}")
         self.leases.release(robot_id, operator)
         self._teleop.forget(robot_id)
         sent = self.relay.hand_back(robot_id, operator, reason or "console")
@@ -250,21 +256,13 @@ class ConsoleCommands:
         return {"robot_id": robot_id, "held_by": None}
 
     def _renew(self, robot_id: str, operator: str) -> dict[str, Any]:
-        try:
-            lease = self.leases.check(robot_id, operator)
-        except LeaseHeld as exc:
-            raise self._held_elsewhere("renew", exc) from None
-        if lease is None:
-            raise CommandRefused(f"renew: {operator} does not hold robot {robot_id} (the lease ended)")
+        lease = self._lease_of(
+            "renew", robot_id, operator, f"{operator} does not hold robot {robot_id} (the lease ended)"
+        )
         return {"robot_id": robot_id, "held_by": operator, "expires_in_s": self.leases.remaining_s(lease)}
 
     def _teleop_action(self, robot_id: str, operator: str, action: tuple[float, ...]) -> dict[str, Any]:
-        try:
-            lease = self.leases.check(robot_id, operator)
-        except LeaseHeld as exc:
-            raise self._held_elsewhere("teleop", exc) from None
-        if lease is None:
-            raise CommandRefused(f"teleop: take over robot {robot_id} before driving it")
+        self._lease_of("teleop", robot_id, operator, f"take over robot {robot_id} before driving it")
         status = self.roster.get(robot_id)
         if status is not None and status.action_dim and len(action) != status.action_dim:
             raise MessageError(
