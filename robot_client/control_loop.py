@@ -54,12 +54,14 @@ from sop.episode import (
     ACTION,
     IMAGE_PREFIX,
     INTERVENTION,
+    OPERATOR_FRAMES,
     POLICY_ACTION,
     POLICY_VERSION,
     REWARD,
     STATE,
     TIMESTAMP,
     Outcome,
+    encode_operator_frames,
     new_episode_id,
 )
 from sop.safe_logging import RateLimitedLog, client_str
@@ -293,8 +295,15 @@ class ControlLoop:
             log.error("cannot append to the episode log %s: %s", path, exc)
 
     def _snapshot(
-        self, episode_id: str, step: int, observation: Observation, intervening: bool, outcome: str = ""
+        self,
+        episode_id: str,
+        step: int,
+        observation: Observation,
+        intervening: bool,
+        outcome: str = "",
+        actions: tuple[np.ndarray | None, np.ndarray] | None = None,
     ) -> TelemetrySnapshot:
+        """`actions`: the last step's (policy proposal, executed action)."""
         frame = next(iter(observation.images.values())) if observation.images else None
         return TelemetrySnapshot(
             episode_id,
@@ -307,6 +316,7 @@ class ControlLoop:
             frame,
             time.time(),
             outcome,
+            *(actions or (None, None)),
         )
 
     def run_episode(self, stop: threading.Event) -> EpisodeSummary:
@@ -332,6 +342,7 @@ class ControlLoop:
         telemetry_every = max(1, round(config.control.rate_hz / config.control.telemetry_hz))
         swap_at_chunks = config.policy.swap_at == "chunk"
         versions: list[int] = []
+        drivers: list[str | None] = []  # who drove each step: None for the policy, else the operator's id
         success = False
         label: Outcome | None = None
         done = False
@@ -433,12 +444,21 @@ class ControlLoop:
                 record[IMAGE_PREFIX + camera] = image
             self.recorder.add_step(record)
             versions.append(version)
+            drivers.append((decision.operator_id or "operator") if gate.intervening else None)
             interventions += int(gate.intervening)
             success = success or result.success
             step += 1
             done = result.done or decision.end_episode or (success and config.control.end_on_success)
             if self.telemetry is not None and step % telemetry_every == 0:
-                self.telemetry(self._snapshot(episode_id, step, result.observation, gate.intervening))
+                self.telemetry(
+                    self._snapshot(
+                        episode_id,
+                        step,
+                        result.observation,
+                        gate.intervening,
+                        actions=(gate.policy_action, np.asarray(executed, dtype=np.float32)),
+                    )
+                )
             observation = result.observation
             self.latest_observation = observation
             self.pacer.done()
@@ -457,7 +477,10 @@ class ControlLoop:
             outcome = Outcome.SUCCESS
         else:
             outcome = Outcome.TIMEOUT
-        self.recorder.finish(outcome if step > 0 else None, time.time())
+        # Always written ("{}": the policy drove every frame), so a missing entry means "not recorded".
+        self.recorder.finish(
+            outcome if step > 0 else None, time.time(), {OPERATOR_FRAMES: encode_operator_frames(drivers)}
+        )
         self.metrics.episodes.labels(str(outcome)).inc()
         self.metrics.intervention_steps.inc(interventions)
         if self.telemetry is not None:

@@ -283,10 +283,12 @@ class RobotDaemon:
         local = self._operator
         if local is None:
             local = make_local_operator(config.operator, config.robot, robot)
+        # Frames the local input drives are attributed to `local:<kind>` (the console's to its user).
+        local_id = f"local:{config.operator.type}" if self._operator is None else "local"
         self.loop = ControlLoop(
             config,
             robot,
-            OperatorPanel(local, self.remote),
+            OperatorPanel(local, self.remote, local_id),
             self.recorder,
             self.slot,
             self.metrics,

@@ -51,6 +51,8 @@ class TelemetrySnapshot:
     frame: np.ndarray | None
     timestamp: float
     outcome: str = ""
+    policy_action: np.ndarray | None = None  # the last step's proposal
+    action: np.ndarray | None = None  # what the robot executed at the last step
 
 
 class OperatorSession:
@@ -115,6 +117,10 @@ class OperatorSession:
             message.state.CopyFrom(encode_tensor(snapshot.state, field="state"))
         if snapshot.frame is not None:
             message.frame.CopyFrom(encode_tensor(snapshot.frame, field="frame"))
+        if snapshot.policy_action is not None:
+            message.policy_action.CopyFrom(encode_tensor(snapshot.policy_action, field="policy_action"))
+        if snapshot.action is not None:
+            message.action.CopyFrom(encode_tensor(snapshot.action, field="action"))
         return message
 
     def _telemetry(self, call_done: threading.Event) -> Iterator[operator_pb2.RobotTelemetry]:

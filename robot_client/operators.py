@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ import numpy as np
 from robot_client.config import OperatorConfig, RobotPluginConfig
 from robot_client.kinds import OPERATOR_KINDS
 from robot_client.robots import LeRobotRobot, Observation, Robot, load_factory, load_lerobot_device_config
-from sop.episode import Outcome
+from sop.episode import OPERATOR_ID_PATTERN, Outcome
 from sop.safe_logging import client_str
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,9 @@ class OperatorDecision:
     outcome: Outcome | None = None
     # End the episode after this step (an operator's "done" / "terminate").
     end_episode: bool = False
+    # Who is in control while intervening: the console user's name, or the local input's `local:<kind>`
+    # (recorded per frame range in the episode: `sop.episode.OPERATOR_FRAMES`).
+    operator_id: str = ""
 
 
 AUTONOMOUS = OperatorDecision(intervening=False)
@@ -117,6 +120,7 @@ class RemoteState:
     intervening: bool
     action: np.ndarray | None  # the newest teleop action, when fresh
     event: str | None
+    operator_id: str = ""  # who took over (the console user), while intervening
 
 
 class RemoteCommands:
@@ -130,6 +134,7 @@ class RemoteCommands:
         self.teleop_timeout_s = teleop_timeout_s
         self._lock = threading.Lock()
         self._intervening = False
+        self._operator_id = ""
         self._action: np.ndarray | None = None
         self._action_at = 0.0
         self._events: list[str] = []
@@ -143,6 +148,8 @@ class RemoteCommands:
     def take_over(self, operator_id: str, reason: str) -> None:
         with self._lock:
             self._intervening = True
+            # The relay sends the console user's name; anything else is attributed to no one by name.
+            self._operator_id = operator_id if OPERATOR_ID_PATTERN.fullmatch(operator_id) else "console"
             self._action = None
             self._events.append(
                 f"console take-over by {client_str(operator_id or 'operator')}: {client_str(reason)}"
@@ -151,6 +158,7 @@ class RemoteCommands:
     def hand_back(self, operator_id: str, reason: str) -> None:
         with self._lock:
             self._intervening = False
+            self._operator_id = ""
             self._action = None
             self._events.append(
                 f"console hand-back by {client_str(operator_id or 'operator')}: {client_str(reason)}"
@@ -182,7 +190,7 @@ class RemoteCommands:
             fresh = self._action is not None and now - self._action_at <= self.teleop_timeout_s
             event = "; ".join(self._events) if self._events else None
             self._events.clear()
-            return RemoteState(self._intervening, self._action if fresh else None, event)
+            return RemoteState(self._intervening, self._action if fresh else None, event, self._operator_id)
 
 
 class OperatorPanel:
@@ -193,9 +201,12 @@ class OperatorPanel:
     charge); without either, the robot holds still (the gate asks the robot for a hold action).
     """
 
-    def __init__(self, local: OperatorInput | None, remote: RemoteCommands | None) -> None:
+    def __init__(
+        self, local: OperatorInput | None, remote: RemoteCommands | None, local_operator_id: str = "local"
+    ) -> None:
         self.local = local
         self.remote = remote
+        self.local_operator_id = local_operator_id
         self.episode_id = ""
 
     def begin_episode(self, episode_id: str, observation: Observation) -> None:
@@ -205,6 +216,8 @@ class OperatorPanel:
 
     def step(self, observation: Observation, policy_action: np.ndarray, success: bool) -> OperatorDecision:
         local = self.local.step(observation, policy_action, success) if self.local is not None else AUTONOMOUS
+        if local.intervening and not local.operator_id:
+            local = replace(local, operator_id=self.local_operator_id)
         if self.remote is None:
             return local
         remote = self.remote.poll()
@@ -214,8 +227,8 @@ class OperatorPanel:
         events = "; ".join(e for e in (remote.event, local.event) if e) or None
         if remote.intervening:
             action = remote.action if remote.action is not None else local.action
-            return OperatorDecision(True, action, events, outcome, end)
-        return OperatorDecision(local.intervening, local.action, events, outcome, end)
+            return OperatorDecision(True, action, events, outcome, end, remote.operator_id or "console")
+        return OperatorDecision(local.intervening, local.action, events, outcome, end, local.operator_id)
 
     def close(self) -> None:
         if self.local is not None:

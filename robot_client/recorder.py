@@ -198,6 +198,9 @@ class _Begin:
 class _Finish:
     outcome: Outcome | None  # None: abort (throw the recording away)
     ended_at: float
+    extra: dict[str, str] = field(
+        default_factory=dict
+    )  # metadata known at the end (`sop.episode.OPERATOR_FRAMES`)
     written: threading.Event = field(default_factory=threading.Event)  # set once the writer handled it
 
 
@@ -265,12 +268,14 @@ class EpisodeRecorder:
                     "spool writer is behind: a step was dropped (queue of %d full)", self._queue.maxsize
                 )
 
-    def finish(self, outcome: Outcome | None, ended_at: float) -> None:
+    def finish(
+        self, outcome: Outcome | None, ended_at: float, extra: Mapping[str, str] | None = None
+    ) -> None:
         """Commit the episode with `outcome`, or throw it away with None. A free-running robot
         (`wait_when_full`) also waits until the spool holds it: with no deadline to keep, an episode the
         control loop calls finished is then one a kill -9 cannot take back (else up to a queue of episodes
         could sit in memory when the simulator outruns the disk)."""
-        item = _Finish(outcome, ended_at)
+        item = _Finish(outcome, ended_at, dict(extra or {}))
         self._queue.put(item)
         if self.wait_when_full:
             while not item.written.wait(0.5):
@@ -383,7 +388,7 @@ class EpisodeRecorder:
             log.warning("episode %s had no step; nothing recorded", writer.episode_id)
             return
         try:
-            info = writer.commit(item.outcome, ended_at=item.ended_at)
+            info = writer.commit(item.outcome, ended_at=item.ended_at, extra=item.extra)
         except EpisodeError as exc:
             writer.abort()
             self.metrics.recorder_errors.inc()

@@ -9,6 +9,8 @@ what HG-DAgger and RECAP need and what no peer keeps.
 from __future__ import annotations
 
 import enum
+import itertools
+import json
 import math
 import re
 import uuid
@@ -138,6 +140,90 @@ def check_extra(extra: object) -> dict[str, str]:
     return dict(extra)
 
 
+# Which operator drove which frames: `extra[OPERATOR_FRAMES]` holds JSON `{"<operator id>": [[start, stop], ...]}`
+# with half-open step ranges, sorted, not overlapping, every frame in them an intervention frame. The id is
+# the console user's name, or `local:<kind>` for an input on the robot's own machine (a leader arm, the
+# simulated operator). Kept in `extra` (text metadata) rather than a per-step column because it changes a
+# few times per episode at most and is read by people and by effort accounting, not by training.
+OPERATOR_FRAMES: Final = "operator_frames"
+OPERATOR_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_.@:-]{1,64}")
+MAX_OPERATOR_RANGES: Final = 1024
+
+
+def encode_operator_frames(drivers: list[str | None]) -> str:
+    """The `extra[OPERATOR_FRAMES]` text for per-step drivers (None: the policy drove that step).
+
+    An id that is not of `OPERATOR_ID_PATTERN` is recorded as `unknown` rather than copied."""
+    ranges: dict[str, list[list[int]]] = {}
+    start = 0
+    for index in range(1, len(drivers) + 1):
+        if index < len(drivers) and drivers[index] == drivers[start]:
+            continue
+        driver = drivers[start]
+        if driver is not None:
+            name = driver if OPERATOR_ID_PATTERN.fullmatch(driver) else "unknown"
+            ranges.setdefault(name, []).append([start, index])
+        start = index
+    return json.dumps(ranges, separators=(",", ":"), sort_keys=True)
+
+
+def operator_frames(
+    extra: dict[str, str], num_steps: int, intervention: np.ndarray | None = None
+) -> dict[str, list[tuple[int, int]]]:
+    """The checked `{operator id: [(start, stop), ...]}` of an episode; {} when it records none.
+
+    `EpisodeError` when the entry is not JSON of that shape, names an id outside `OPERATOR_ID_PATTERN`, has
+    ranges outside the episode's `num_steps`, overlapping or out of order, or (given the episode's
+    `intervention` flags) attributes a frame the policy drove."""
+    text = extra.get(OPERATOR_FRAMES)
+    if text is None:
+        return {}
+    field_name = f"extra.{OPERATOR_FRAMES}"
+    try:
+        document = json.loads(text)
+    except ValueError:
+        raise EpisodeError(field_name, "is not JSON") from None
+    if not isinstance(document, dict):
+        raise EpisodeError(field_name, 'must be a JSON object {"<operator id>": [[start, stop], ...]}')
+    result: dict[str, list[tuple[int, int]]] = {}
+    spans: list[tuple[int, int]] = []
+    for operator_id, ranges in document.items():
+        if OPERATOR_ID_PATTERN.fullmatch(operator_id) is None:
+            raise EpisodeError(
+                field_name, f"operator id {client_str(operator_id, 64)} is not 1-64 of [A-Za-z0-9_.@:-]"
+            )
+        if not isinstance(ranges, list) or not ranges:
+            raise EpisodeError(field_name, f"{operator_id}: must be a non-empty list of [start, stop] ranges")
+        checked = []
+        for span in ranges:
+            if (
+                not isinstance(span, list)
+                or len(span) != 2
+                or not all(type(v) is int for v in span)
+                or not 0 <= span[0] < span[1] <= num_steps
+            ):
+                raise EpisodeError(
+                    field_name, f"{operator_id}: {client_str(span, 40)} is not a range within 0..{num_steps}"
+                )
+            checked.append((span[0], span[1]))
+        if checked != sorted(checked):
+            raise EpisodeError(field_name, f"{operator_id}: ranges are not in order")
+        result[operator_id] = checked
+        spans.extend(checked)
+    if len(spans) > MAX_OPERATOR_RANGES:
+        raise EpisodeError(field_name, f"{len(spans)} ranges exceed the cap of {MAX_OPERATOR_RANGES}")
+    spans.sort()
+    for (_, stop), (start, _) in itertools.pairwise(spans):
+        if start < stop:
+            raise EpisodeError(field_name, "two operators' ranges overlap")
+    if intervention is None:
+        return result
+    for start, stop in spans:
+        if not intervention[start:stop].all():
+            raise EpisodeError(field_name, f"frames {start}..{stop} include steps the policy drove")
+    return result
+
+
 def new_episode_id() -> str:
     """Episode ids are random UUIDs chosen by the robot, so two robots never collide without coordination."""
     return str(uuid.uuid4())
@@ -175,8 +261,11 @@ class Episode:
     def nbytes(self) -> int:
         return sum(int(v.nbytes) for v in self.steps.values())
 
-    def validate(self) -> None:
-        """Raise `EpisodeError` naming the first field that breaks the schema."""
+    def validate(self, check_values: bool = True) -> None:
+        """Raise `EpisodeError` naming the first field that breaks the schema.
+
+        `check_values=False` checks shapes and metadata only, for stand-ins whose arrays hold no data
+        (`EpisodeInfo.stand_in_episode`)."""
         check_episode_id(self.episode_id)
         for name in ("robot_id", "task", "instruction"):
             value = getattr(self, name)
@@ -197,6 +286,7 @@ class Episode:
             raise EpisodeError("fps", "must be positive")
         check_extra(self.extra)
         validate_steps(self.steps)
+        operator_frames(self.extra, self.num_steps, self.steps[INTERVENTION] if check_values else None)
 
 
 def validate_steps(steps: dict[str, np.ndarray]) -> int:

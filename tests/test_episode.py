@@ -7,6 +7,7 @@ from sop.episode import (
     ACTION,
     IMAGE_PREFIX,
     INTERVENTION,
+    OPERATOR_FRAMES,
     POLICY_ACTION,
     POLICY_VERSION,
     REWARD,
@@ -17,7 +18,9 @@ from sop.episode import (
     Outcome,
     check_episode_id,
     check_step_key,
+    encode_operator_frames,
     new_episode_id,
+    operator_frames,
 )
 from sop.safe_logging import client_str
 
@@ -123,3 +126,50 @@ def test_only_canonical_uuids_are_episode_ids() -> None:
             check_episode_id(bad)
     with pytest.raises(EpisodeError, match="not a UUID"):
         check_episode_id("../" + episode_id)
+
+
+def test_operator_frames_round_trip_as_half_open_ranges_per_operator() -> None:
+    drivers: list[str | None] = [None, "alice", "alice", None, "local:simulated", "alice", "bob/../x"]
+    text = encode_operator_frames(drivers)
+    episode = make_episode(7)
+    episode.steps[INTERVENTION] = np.array([d is not None for d in drivers])
+    episode.extra = {OPERATOR_FRAMES: text}
+    episode.validate()
+    assert operator_frames(episode.extra, 7, episode.steps[INTERVENTION]) == {
+        "alice": [(1, 3), (5, 6)],
+        "local:simulated": [(4, 5)],
+        "unknown": [(6, 7)],  # an id off the pattern is not copied into the record
+    }
+    assert encode_operator_frames([None, None]) == "{}"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("not json", "is not JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ('{"al ice": [[1, 2]]}', "is not 1-64 of"),
+        ('{"alice": []}', "non-empty list"),
+        ('{"alice": [[2, 9]]}', "not a range within 0..5"),
+        ('{"alice": [[3, 2]]}', "not a range"),
+        ('{"alice": [[1.0, 2]]}', "not a range"),
+        ('{"alice": [[3, 4], [1, 2]]}', "not in order"),
+        ('{"alice": [[1, 3]], "bob": [[2, 4]]}', "overlap"),
+        ('{"alice": [[0, 2]]}', "include steps the policy drove"),
+    ],
+)
+def test_malformed_operator_frames_are_refused_naming_the_problem(text: str, problem: str) -> None:
+    episode = make_episode(5)
+    episode.steps[INTERVENTION] = np.array([False, True, True, True, False])
+    episode.extra = {OPERATOR_FRAMES: text}
+    with pytest.raises(EpisodeError, match=problem) as caught:
+        episode.validate()
+    assert caught.value.field_name == f"extra.{OPERATOR_FRAMES}"
+
+
+def test_shape_only_validation_skips_the_frames_it_cannot_see() -> None:
+    episode = make_episode(5)  # no intervention at all, as a stand-in's zeros would say
+    episode.extra = {OPERATOR_FRAMES: '{"alice": [[1, 3]]}'}
+    episode.validate(check_values=False)
+    with pytest.raises(EpisodeError, match="policy drove"):
+        episode.validate()

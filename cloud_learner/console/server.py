@@ -52,6 +52,7 @@ from cloud_learner.console.accounts import (
     console_url,
 )
 from cloud_learner.console.commands import CommandRefused, ConsoleCommands, MessageError, parse_message
+from cloud_learner.console.history import FleetHistory
 from cloud_learner.console.leases import RobotLeases
 from cloud_learner.console.sessions import CSRF_HEADER, SESSION_COOKIE, Session, SessionExpired, Sessions
 from cloud_learner.console.views import TelemetryClock, fleet_view, learner_view, robot_view
@@ -168,6 +169,7 @@ class ConsoleServer:
         self.sessions = Sessions(self.config.session_ttl_s)
         self.leases = RobotLeases(self.config.lease_ttl_s)
         self.telemetry_clock = TelemetryClock()
+        self.history = FleetHistory(service.store.list)
         self.commands = ConsoleCommands(
             service.relay, service.roster, self.leases, self.telemetry_clock, self.config.teleop_rate_hz
         )
@@ -371,6 +373,10 @@ class ConsoleServer:
         async def fleet(session: Session = Depends(current_session)) -> dict[str, Any]:
             return {"robots": console.fleet()}
 
+        @app.get("/api/history", summary="the fleet's success and intervention rate over time")
+        def history(session: Session = Depends(current_session)) -> dict[str, Any]:
+            return console.history.series()
+
         @app.get("/api/learner", summary="training step, loss, checkpoint versions")
         def learner(session: Session = Depends(current_session)) -> dict[str, Any]:
             return learner_view(console.service.training_status())
@@ -410,7 +416,9 @@ class ConsoleServer:
 
     def fleet(self) -> list[dict[str, Any]]:
         service = self.service
-        return fleet_view(service.relay, service.roster, self.leases, self.telemetry_clock)
+        return fleet_view(
+            service.relay, service.roster, self.leases, self.telemetry_clock, self.history.recent()
+        )
 
     async def _expire_leases(self) -> None:
         while True:
@@ -485,6 +493,7 @@ class ConsoleServer:
             learner = learner_view(self.service.training_status())
             update: dict[str, Any] = {"type": "fleet", "time": time.time(), "robots": self.fleet()}
             update["learner"] = learner
+            update["history"] = self.history.series()
             robot_id = watched[0]
             if robot_id is not None:
                 update["robot"] = robot_view(robot_id, self.service.relay)

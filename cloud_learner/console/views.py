@@ -21,7 +21,7 @@ from sop.data.codec import decode_tensor
 if TYPE_CHECKING:
     from cloud_learner.console.leases import RobotLeases
     from cloud_learner.operator_relay import OperatorRelay
-    from cloud_learner.roster import FleetRoster
+    from cloud_learner.roster import FleetRoster, RobotStatus
     from cloud_learner.service import TrainingStatus
     from sop.v1 import operator_pb2
 
@@ -84,9 +84,15 @@ def robot_state(connected: bool, telemetry: operator_pb2.RobotTelemetry | None) 
 
 
 def fleet_view(
-    relay: OperatorRelay, roster: FleetRoster, leases: RobotLeases, clock: TelemetryClock
+    relay: OperatorRelay,
+    roster: FleetRoster,
+    leases: RobotLeases,
+    clock: TelemetryClock,
+    recent: dict[str, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per robot that has an operator session or registered: the fleet table."""
+    """One row per robot that has an operator session or registered: the fleet table. `recent`: each
+    robot's figures over its last episodes (`cloud_learner.console.history`)."""
+    recent = recent or {}
     now = time.time()
     connected = set(relay.connected_robots())
     statuses = {status.robot_id: status for status in roster.robots()}
@@ -117,6 +123,9 @@ def fleet_view(
                 "last_telemetry_age_s": round(now - seen.received_at, 2) if seen.received_at else None,
                 "last_heartbeat_at": status.last_seen if status is not None else None,
                 "spool_depth": status.spool_depth if status is not None else None,
+                "loop_p99_ms": _figure(status, "loop_period_p99_ms"),
+                "deadline_misses": _figure(status, "deadline_misses"),
+                "recent": recent.get(robot_id),
                 "action_dim": (status.action_dim if status is not None and status.action_dim else None)
                 or DEFAULT_ACTION_DIM,
                 "held_by": None
@@ -125,6 +134,14 @@ def fleet_view(
             }
         )
     return rows
+
+
+def _figure(status: RobotStatus | None, name: str) -> float | None:
+    """A health figure from the robot's last heartbeat (robots send what they measure; missing is None)."""
+    if status is None:
+        return None
+    value = status.metrics.get(name)
+    return _finite(round(float(value), 3)) if value is not None else None
 
 
 def _frame(telemetry: operator_pb2.RobotTelemetry) -> dict[str, Any] | None:
@@ -143,28 +160,42 @@ def _frame(telemetry: operator_pb2.RobotTelemetry) -> dict[str, Any] | None:
     return {"width": width, "height": height, "rgba_base64": base64.b64encode(rgba.tobytes()).decode()}
 
 
-def _state_vector(telemetry: operator_pb2.RobotTelemetry) -> list[float | None] | None:
-    if not telemetry.HasField("state"):
+def _vector(telemetry: operator_pb2.RobotTelemetry, name: str) -> list[float | None] | None:
+    """A numeric tensor field of the telemetry (state, policy_action, action) as a short list; None when
+    absent or not a small numeric tensor."""
+    if not telemetry.HasField(name):
         return None
     try:
-        state = decode_tensor(telemetry.state, "state", max_bytes=64 * 1024)
+        values = decode_tensor(getattr(telemetry, name), name, max_bytes=64 * 1024)
     except ValueError:
         return None
-    if state.dtype.kind not in "fiu":
+    if values.dtype.kind not in "fiu":
         return None
-    values = np.asarray(state, np.float64).reshape(-1)[:MAX_STATE_VALUES]
-    return [_finite(round(float(v), 4)) for v in values]
+    flat = np.asarray(values, np.float64).reshape(-1)[:MAX_STATE_VALUES]
+    return [_finite(round(float(v), 4)) for v in flat]
 
 
 def robot_view(robot_id: str, relay: OperatorRelay) -> dict[str, Any]:
-    """The watched robot: its latest camera frame (RGBA for a canvas) and state vector."""
+    """The watched robot: its latest camera frame (RGBA for a canvas), state vector, and the last step's
+    policy proposal beside the executed action."""
     telemetry = relay.telemetry(robot_id)
     if telemetry is None:
-        return {"robot_id": robot_id, "frame": None, "state_vector": None, "timestamp": None}
+        return {
+            "robot_id": robot_id,
+            "frame": None,
+            "state_vector": None,
+            "policy_action": None,
+            "action": None,
+            "timestamp": None,
+        }
     return {
         "robot_id": robot_id,
         "frame": _frame(telemetry),
-        "state_vector": _state_vector(telemetry),
+        "state_vector": _vector(telemetry, "state"),
+        "policy_action": _vector(telemetry, "policy_action"),
+        "action": _vector(telemetry, "action"),
+        "step": int(telemetry.step),
+        "episode_id": _text(telemetry.episode_id),
         "timestamp": _finite(float(telemetry.timestamp)) or None,
         "outcome": _text(telemetry.outcome),
     }

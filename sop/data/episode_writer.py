@@ -244,12 +244,17 @@ class EpisodeWriter:
             durable=False,  # crash safety comes from the atomic rename; power-cut durability from commit
         )
 
-    def commit(self, outcome: Outcome, ended_at: float | None = None) -> EpisodeInfo:
-        """Validate the whole recording and make it visible as a committed episode."""
+    def commit(
+        self, outcome: Outcome, ended_at: float | None = None, extra: Mapping[str, str] | None = None
+    ) -> EpisodeInfo:
+        """Validate the whole recording and make it visible as a committed episode; `extra` entries known
+        only at the end (which operator drove which frames) join those given at `begin_episode`."""
         self._check_open()
         self.flush()
         if self._num_steps == 0:
             raise EpisodeError(ACTION, "episode has no steps")
+        if extra:
+            self._meta = {**self._meta, "extra": {**self._meta["extra"], **extra}}
         started_at = float(self._meta["started_at"])
         end = max(started_at, time.time()) if ended_at is None else float(ended_at)
         lowdim = {key: np.concatenate(blocks) for key, blocks in self._lowdim.items()}

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from sop.v1 import tensor_pb2 as sop_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15sop/v1/operator.proto\x12\x06sop.v1\x1a\x13sop/v1/tensor.proto\"\xf6\x01\n\x0eRobotTelemetry\x12\x10\n\x08robot_id\x18\x01 \x01(\t\x12\x12\n\nepisode_id\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x13\n\x0binstruction\x18\x05 \x01(\t\x12\x16\n\x0epolicy_version\x18\x06 \x01(\x03\x12\x13\n\x0bintervening\x18\x07 \x01(\x08\x12\x1d\n\x05state\x18\x08 \x01(\x0b\x32\x0e.sop.v1.Tensor\x12\x1d\n\x05\x66rame\x18\t \x01(\x0b\x32\x0e.sop.v1.Tensor\x12\x11\n\ttimestamp\x18\n \x01(\x01\x12\x0f\n\x07outcome\x18\x0b \x01(\t\"\x1a\n\x08TakeOver\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x1a\n\x08HandBack\x12\x0e\n\x06reason\x18\x01 \x01(\t\".\n\x0cTeleopAction\x12\x1e\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\x0e.sop.v1.Tensor\"3\n\x0cOutcomeLabel\x12\x12\n\nepisode_id\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\"\xf0\x01\n\x0fOperatorCommand\x12\x13\n\x0boperator_id\x18\x01 \x01(\t\x12\x11\n\tissued_at\x18\x02 \x01(\x01\x12%\n\ttake_over\x18\x03 \x01(\x0b\x32\x10.sop.v1.TakeOverH\x00\x12%\n\thand_back\x18\x04 \x01(\x0b\x32\x10.sop.v1.HandBackH\x00\x12-\n\rteleop_action\x18\x05 \x01(\x0b\x32\x14.sop.v1.TeleopActionH\x00\x12-\n\routcome_label\x18\x06 \x01(\x0b\x32\x14.sop.v1.OutcomeLabelH\x00\x42\t\n\x07\x63ommand2J\n\x08Operator\x12>\n\x07Session\x12\x16.sop.v1.RobotTelemetry\x1a\x17.sop.v1.OperatorCommand(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15sop/v1/operator.proto\x12\x06sop.v1\x1a\x13sop/v1/tensor.proto\"\xbd\x02\n\x0eRobotTelemetry\x12\x10\n\x08robot_id\x18\x01 \x01(\t\x12\x12\n\nepisode_id\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x13\n\x0binstruction\x18\x05 \x01(\t\x12\x16\n\x0epolicy_version\x18\x06 \x01(\x03\x12\x13\n\x0bintervening\x18\x07 \x01(\x08\x12\x1d\n\x05state\x18\x08 \x01(\x0b\x32\x0e.sop.v1.Tensor\x12\x1d\n\x05\x66rame\x18\t \x01(\x0b\x32\x0e.sop.v1.Tensor\x12\x11\n\ttimestamp\x18\n \x01(\x01\x12\x0f\n\x07outcome\x18\x0b \x01(\t\x12%\n\rpolicy_action\x18\x0c \x01(\x0b\x32\x0e.sop.v1.Tensor\x12\x1e\n\x06\x61\x63tion\x18\r \x01(\x0b\x32\x0e.sop.v1.Tensor\"\x1a\n\x08TakeOver\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x1a\n\x08HandBack\x12\x0e\n\x06reason\x18\x01 \x01(\t\".\n\x0cTeleopAction\x12\x1e\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\x0e.sop.v1.Tensor\"3\n\x0cOutcomeLabel\x12\x12\n\nepisode_id\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\"\xf0\x01\n\x0fOperatorCommand\x12\x13\n\x0boperator_id\x18\x01 \x01(\t\x12\x11\n\tissued_at\x18\x02 \x01(\x01\x12%\n\ttake_over\x18\x03 \x01(\x0b\x32\x10.sop.v1.TakeOverH\x00\x12%\n\thand_back\x18\x04 \x01(\x0b\x32\x10.sop.v1.HandBackH\x00\x12-\n\rteleop_action\x18\x05 \x01(\x0b\x32\x14.sop.v1.TeleopActionH\x00\x12-\n\routcome_label\x18\x06 \x01(\x0b\x32\x14.sop.v1.OutcomeLabelH\x00\x42\t\n\x07\x63ommand2J\n\x08Operator\x12>\n\x07Session\x12\x16.sop.v1.RobotTelemetry\x1a\x17.sop.v1.OperatorCommand(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,17 +34,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sop.v1.operator_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ROBOTTELEMETRY']._serialized_start=55
-  _globals['_ROBOTTELEMETRY']._serialized_end=301
-  _globals['_TAKEOVER']._serialized_start=303
-  _globals['_TAKEOVER']._serialized_end=329
-  _globals['_HANDBACK']._serialized_start=331
-  _globals['_HANDBACK']._serialized_end=357
-  _globals['_TELEOPACTION']._serialized_start=359
-  _globals['_TELEOPACTION']._serialized_end=405
-  _globals['_OUTCOMELABEL']._serialized_start=407
-  _globals['_OUTCOMELABEL']._serialized_end=458
-  _globals['_OPERATORCOMMAND']._serialized_start=461
-  _globals['_OPERATORCOMMAND']._serialized_end=701
-  _globals['_OPERATOR']._serialized_start=703
-  _globals['_OPERATOR']._serialized_end=777
+  _globals['_ROBOTTELEMETRY']._serialized_end=372
+  _globals['_TAKEOVER']._serialized_start=374
+  _globals['_TAKEOVER']._serialized_end=400
+  _globals['_HANDBACK']._serialized_start=402
+  _globals['_HANDBACK']._serialized_end=428
+  _globals['_TELEOPACTION']._serialized_start=430
+  _globals['_TELEOPACTION']._serialized_end=476
+  _globals['_OUTCOMELABEL']._serialized_start=478
+  _globals['_OUTCOMELABEL']._serialized_end=529
+  _globals['_OPERATORCOMMAND']._serialized_start=532
+  _globals['_OPERATORCOMMAND']._serialized_end=772
+  _globals['_OPERATOR']._serialized_start=774
+  _globals['_OPERATOR']._serialized_end=848
 # @@protoc_insertion_point(module_scope)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RobotTelemetry(_message.Message):
-    __slots__ = ("robot_id", "episode_id", "step", "task", "instruction", "policy_version", "intervening", "state", "frame", "timestamp", "outcome")
+    __slots__ = ("robot_id", "episode_id", "step", "task", "instruction", "policy_version", "intervening", "state", "frame", "timestamp", "outcome", "policy_action", "action")
     ROBOT_ID_FIELD_NUMBER: _ClassVar[int]
     EPISODE_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,8 @@ class RobotTelemetry(_message.Message):
     FRAME_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    POLICY_ACTION_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
     robot_id: str
     episode_id: str
     step: int
@@ -31,7 +33,9 @@ class RobotTelemetry(_message.Message):
     frame: _tensor_pb2.Tensor
     timestamp: float
     outcome: str
-    def __init__(self, robot_id: _Optional[str] = ..., episode_id: _Optional[str] = ..., step: _Optional[int] = ..., task: _Optional[str] = ..., instruction: _Optional[str] = ..., policy_version: _Optional[int] = ..., intervening: _Optional[bool] = ..., state: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., frame: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., timestamp: _Optional[float] = ..., outcome: _Optional[str] = ...) -> None: ...
+    policy_action: _tensor_pb2.Tensor
+    action: _tensor_pb2.Tensor
+    def __init__(self, robot_id: _Optional[str] = ..., episode_id: _Optional[str] = ..., step: _Optional[int] = ..., task: _Optional[str] = ..., instruction: _Optional[str] = ..., policy_version: _Optional[int] = ..., intervening: _Optional[bool] = ..., state: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., frame: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., timestamp: _Optional[float] = ..., outcome: _Optional[str] = ..., policy_action: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., action: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class TakeOver(_message.Message):
     __slots__ = ("reason",)

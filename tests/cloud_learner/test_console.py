@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from learner_fixtures import RunningLearner, auth, wait_for
+from learner_fixtures import RunningLearner, auth, chunks_of, upload, wait_for
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -31,6 +31,8 @@ from cloud_learner.console.accounts import Accounts, ConsoleRole
 from cloud_learner.console.sessions import CSRF_HEADER, SESSION_COOKIE
 from sop.cli import main as sop_main
 from sop.data.codec import decode_tensor, encode_tensor
+from sop.data.synthetic_episodes import make_episode
+from sop.episode import INTERVENTION, OPERATOR_FRAMES, Outcome, Source, encode_operator_frames
 from sop.v1 import operator_pb2
 
 StartLearner = Callable[..., RunningLearner]
@@ -56,6 +58,8 @@ class FakeRobot:
         frame[..., 0] = np.arange(16, dtype=np.uint8)[:, None] * 16
         self._frame = encode_tensor(frame, field="frame")
         self._state = encode_tensor(np.linspace(-1, 1, 39, dtype=np.float32), field="state")
+        self._proposed = encode_tensor(np.array([0.5, -0.25, 0.0, -1.0], np.float32), field="policy_action")
+        self._executed = encode_tensor(np.array([0.1, 0.2, 0.3, 1.0], np.float32), field="action")
         self.call = learner.operator().Session(self._telemetry(), metadata=auth(robot_id), timeout=120)
         self._receiver = threading.Thread(target=self._receive, daemon=True)
         self._receiver.start()
@@ -73,6 +77,8 @@ class FakeRobot:
                 intervening=self.intervening,
                 state=self._state,
                 frame=self._frame,
+                policy_action=self._proposed,
+                action=self._executed,
                 timestamp=time.time(),
             )
 
@@ -561,7 +567,57 @@ def test_the_fleet_view_shows_each_robot_and_the_watched_robot_camera(
         assert row["state"] == "running" and row["task"] == "reach-v3" and row["policy_version"] == 1
         assert row["last_telemetry_age_s"] is not None and row["last_telemetry_age_s"] < 2
         assert update["robot"]["frame"]["width"] == 16 and len(update["robot"]["state_vector"]) == 39
+        # The policy's proposal beside what the robot executed.
+        assert update["robot"]["policy_action"] == [0.5, -0.25, 0.0, -1.0]
+        assert update["robot"]["action"] == [0.1, 0.2, 0.3, 1.0]
         assert update["learner"]["trainer_enabled"] is False
+
+
+def test_the_fleet_view_shows_recent_success_and_intervention_rates_from_the_episodes(
+    start_console: Callable[..., tuple[RunningLearner, str]],
+) -> None:
+    learner, url = start_console(robots_ids=("robot-1", "robot-2"))
+    flags = np.zeros(20, np.bool_)
+    flags[5:10] = True
+    episodes = [
+        # robot-1: one clean success, one success an operator rescued (5 of 20 frames), one timeout
+        make_episode(20, seed=1, started_at=100.0, intervention=np.zeros(20, np.bool_)),
+        make_episode(20, seed=2, started_at=200.0, intervention=flags),
+        make_episode(
+            20, seed=3, started_at=300.0, outcome=Outcome.TIMEOUT, intervention=np.zeros(20, np.bool_)
+        ),
+        # robot-2: an episode from a robot that records no operator ranges, and a demonstration (left out)
+        make_episode(20, seed=4, started_at=400.0, robot_id="robot-2"),
+        make_episode(20, seed=5, started_at=500.0, robot_id="teleop-station", source=Source.OFFLINE),
+    ]
+    for index, episode in enumerate(episodes[:3]):
+        drivers = [("alice" if flag else None) for flag in episode.steps[INTERVENTION]]
+        episode.extra = {OPERATOR_FRAMES: encode_operator_frames(drivers)}
+        assert bool(index == 1) == bool(episode.steps[INTERVENTION].any())
+    for episode in episodes:
+        assert upload(learner.fleet(), chunks_of(episode), robot_id=episode.robot_id).committed
+    client, _ = log_in(url, "alice")
+    with live(url, client) as ws:
+        next_of(ws, "hello")
+        deadline = time.monotonic() + 10  # the figures are recomputed every few seconds
+        while True:
+            update = next_of(ws, "fleet")
+            robots = {r["robot_id"]: r for r in update["robots"]}
+            if robots["robot-2"]["recent"] is not None or time.monotonic() > deadline:
+                break
+    assert robots["robot-1"]["recent"] == {
+        "episodes": 3,
+        "autonomous_success": pytest.approx(1 / 3),
+        "success": pytest.approx(2 / 3),
+        "intervention_rate": pytest.approx(5 / 60),
+    }
+    assert robots["robot-2"]["recent"]["episodes"] == 1
+    history = client.get("/api/history").json()
+    # Five episodes in the replay, four of them the fleet's (the demonstration is not fleet behaviour); one
+    # from a robot that records no operator ranges.
+    assert history["episodes"] == 4 and history["unattributed"] == 1
+    assert [point["t"] for point in history["points"]] == sorted(point["t"] for point in history["points"])
+    assert update["history"] == history
 
 
 def test_a_console_address_in_use_is_one_clear_error(start_learner: StartLearner) -> None:

@@ -21,7 +21,7 @@ from robot_client.intervention_gate import InterventionGate
 from robot_client.operators import LeRobotTeleopInput, OperatorDecision, OperatorPanel, RemoteCommands
 from robot_client.robots import LeRobotRobot, Observation
 from sop.data.codec import encode_tensor
-from sop.episode import ACTION, INTERVENTION, POLICY_ACTION, Outcome
+from sop.episode import ACTION, INTERVENTION, POLICY_ACTION, Outcome, operator_frames
 from sop.v1 import operator_pb2
 
 
@@ -42,6 +42,8 @@ def test_intervention_frames_keep_both_actions_and_hand_back_continues_from_exec
     episode = daemon.spool.read(info.episode_id)
     flags = episode.steps[INTERVENTION]
     assert flags.tolist() == [False] * 3 + [True] * 3 + [False] * 6
+    # The frames say who drove them: the daemon's own operator input.
+    assert operator_frames(episode.extra, episode.num_steps, flags) == {"local": [(3, 6)]}
     assert np.allclose(episode.steps[ACTION][3:6], 0.5)  # the operator's action was executed
     assert np.allclose(episode.steps[POLICY_ACTION], 0.01)  # the policy kept proposing throughout
     assert np.allclose(episode.steps[ACTION][6:], 0.01)
@@ -99,6 +101,9 @@ def test_console_takes_over_teleoperates_hands_back_and_labels(
     assert episode.outcome is Outcome.FAILURE
     flags = episode.steps[INTERVENTION]
     assert flags.any() and not flags[-1]
+    # Every intervention frame is attributed to the console user who took over, in one range.
+    (driven,) = operator_frames(episode.extra, episode.num_steps, flags)["ana"]
+    assert flags[driven[0] : driven[1]].all() and flags.sum() == driven[1] - driven[0]
     executed = episode.steps[ACTION][flags]
     # While the console drove, the robot executed teleop actions (or held still before the first arrived).
     assert np.isclose(executed, 0.3).all(axis=1).any()

@@ -19,6 +19,7 @@ const state = {
   wasMoving: false,
   teleopSent: 0,
   reconnectTimer: null,
+  gamepadGripperDown: false,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -153,6 +154,7 @@ function handle(message) {
       renderFleet();
       renderRobot(message.robot);
       renderLearner(message.learner);
+      renderHistory(message.history);
       break;
     case "ack":
       if (message.request === "take_over") notice(`You hold ${message.robot_id}: drive with the keyboard.`);
@@ -172,6 +174,10 @@ function age(seconds) {
   if (seconds < 1) return "just now";
   if (seconds < 120) return `${seconds.toFixed(0)} s ago`;
   return `${(seconds / 60).toFixed(0)} min ago`;
+}
+
+function percent(value) {
+  return value === null || value === undefined ? "-" : `${(100 * value).toFixed(0)} %`;
 }
 
 function cell(row, text, className) {
@@ -199,6 +205,11 @@ function renderFleet() {
     cell(row, robot.instruction || "-");
     cell(row, robot.policy_version ? `v${robot.policy_version}` : "-");
     cell(row, String(robot.step));
+    const recent = robot.recent;
+    cell(row, recent ? `${percent(recent.autonomous_success)} of ${recent.episodes}` : "-", "autonomous-success");
+    cell(row, recent ? percent(recent.intervention_rate) : "-", "intervention-rate");
+    cell(row, robot.spool_depth === null || robot.spool_depth === undefined ? "-" : String(robot.spool_depth));
+    cell(row, robot.loop_p99_ms === null || robot.loop_p99_ms === undefined ? "-" : `${robot.loop_p99_ms.toFixed(1)} ms`);
     cell(row, robot.held_by ? robot.held_by.operator : "-");
     cell(row, age(robot.last_telemetry_age_s));
     row.addEventListener("click", () => select(robot.robot_id));
@@ -259,6 +270,66 @@ function renderRobot(view) {
     }
     $("state-vector").textContent = view.state_vector
       ? view.state_vector.map((v) => (v === null ? "nan" : v.toFixed(3))).join("  ") : "-";
+    renderActionRow("action-proposed", "Policy proposed", view.policy_action);
+    renderActionRow("action-executed", robot.intervening ? "Executed (operator)" : "Executed", view.action);
+    $("action-step").textContent = view.step ? `at step ${view.step}` : "";
+  }
+}
+
+// One row of the proposed-vs-executed table: the value and a bar (width |v|, colour by sign).
+function renderActionRow(id, title, values) {
+  const row = $(id);
+  row.replaceChildren();
+  const th = document.createElement("th");
+  th.textContent = title;
+  row.appendChild(th);
+  for (const value of values || []) {
+    const td = cell(row, value === null ? "nan" : value.toFixed(2));
+    if (value !== null) {
+      const bar = document.createElement("span");
+      bar.className = value < 0 ? "bar negative" : "bar";
+      bar.style.width = `${Math.min(1, Math.abs(value)) * 40}px`;
+      td.appendChild(bar);
+    }
+  }
+}
+
+// Success and intervention rate of the fleet's episodes over time, on one canvas (both are shares, 0..1).
+function renderHistory(history) {
+  if (!history) return;
+  const canvas = $("history-plot");
+  const points = history.points || [];
+  $("history-note").textContent = points.length
+    ? `(${history.episodes} episodes, ${history.episodes_per_point} per point` +
+      (history.unattributed ? `; ${history.unattributed} without operator records` : "") + ")"
+    : "(no fleet episodes yet)";
+  const ctx = canvas.getContext("2d");
+  const width = canvas.width, height = canvas.height, pad = 30;
+  ctx.clearRect(0, 0, width, height);
+  ctx.strokeStyle = "#d5dbe1";
+  ctx.fillStyle = "#66707a";
+  ctx.font = "11px system-ui, sans-serif";
+  for (const level of [0, 0.5, 1]) {
+    const y = height - pad - level * (height - 2 * pad);
+    ctx.beginPath(); ctx.moveTo(pad, y); ctx.lineTo(width - 8, y); ctx.stroke();
+    ctx.fillText(`${level * 100}%`, 0, y + 4);
+  }
+  if (points.length === 0) return;
+  const t0 = points[0].t, t1 = points[points.length - 1].t;
+  const x = (t) => pad + (t1 > t0 ? (t - t0) / (t1 - t0) : 1) * (width - pad - 8);
+  const y = (v) => height - pad - v * (height - 2 * pad);
+  ctx.fillText(new Date(t0 * 1000).toLocaleTimeString(), pad, height - 8);
+  ctx.fillText(new Date(t1 * 1000).toLocaleTimeString(), width - 70, height - 8);
+  for (const [key, colour] of [["autonomous_success", "#1e7b34"], ["intervention_rate", "#a05a00"]]) {
+    ctx.strokeStyle = colour;
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    points.forEach((point, i) => {
+      const value = point[key] === null ? 0 : point[key];
+      if (i === 0) ctx.moveTo(x(point.t), y(value)); else ctx.lineTo(x(point.t), y(value));
+    });
+    ctx.stroke();
+    ctx.lineWidth = 1;
   }
 }
 
@@ -284,13 +355,39 @@ function renderLearner(learner) {
 
 // ---- teleop: keys held -> one action per control period while any is down -----------------------------
 
-function teleopAction(dim) {
+const GAMEPAD_DEADZONE = 0.15;
+
+// The first connected gamepad (the browser's Gamepad API, standard mapping): left stick x/y, right stick
+// vertical z (up is +z), button 0 toggles the gripper. Null when none is connected.
+function gamepadAxes() {
+  const pads = navigator.getGamepads ? [...navigator.getGamepads()].filter((p) => p && p.connected) : [];
+  const pad = pads[0];
+  $("gamepad").textContent = pad ? pad.id.slice(0, 40) : "no gamepad";
+  if (!pad) return null;
+  const axis = (i) => {
+    const v = pad.axes[i] || 0;
+    return Math.abs(v) < GAMEPAD_DEADZONE ? 0 : Math.max(-1, Math.min(1, v));
+  };
+  const pressed = !!(pad.buttons[0] && pad.buttons[0].pressed);
+  if (pressed && !state.gamepadGripperDown) {
+    state.gripper = -state.gripper;
+    state.gripperChanged = true;
+    $("gripper").textContent = state.gripper > 0 ? "closed" : "open";
+  }
+  state.gamepadGripperDown = pressed;
+  // Screen y points down on a stick: pushing forward (negative) is +y, pushing the right stick up is +z.
+  return [axis(0), -axis(1), -axis(3)];
+}
+
+function teleopAction(dim, stick) {
   const speed = parseFloat($("speed").value) || 0.5;
   const action = new Array(dim).fill(0);
   for (const code of state.keys) {
     const move = MOVE_KEYS[code];
     if (move && move[0] < dim - 1) action[move[0]] += move[1] * speed;
   }
+  if (stick) stick.forEach((v, i) => { if (i < dim - 1) action[i] += v * speed; });
+  for (let i = 0; i < dim - 1; i += 1) action[i] = Math.max(-1, Math.min(1, action[i]));
   action[dim - 1] = state.gripper;
   return action;
 }
@@ -298,11 +395,12 @@ function teleopAction(dim) {
 function teleopTick() {
   const robot = selectedRobot();
   if (!iHold(robot)) { stopTeleop(); return; }
-  const moving = [...state.keys].some((code) => code in MOVE_KEYS);
+  const stick = gamepadAxes();
+  const moving = [...state.keys].some((code) => code in MOVE_KEYS) || !!(stick && stick.some((v) => v !== 0));
   if (!moving && !state.wasMoving && !state.gripperChanged) return;
   state.wasMoving = moving;
   state.gripperChanged = false;
-  if (send({ type: "teleop", robot_id: robot.robot_id, action: teleopAction(robot.action_dim || 4) })) {
+  if (send({ type: "teleop", robot_id: robot.robot_id, action: teleopAction(robot.action_dim || 4, stick) })) {
     state.teleopSent += 1;
     $("teleop-count").textContent = `${state.teleopSent} actions sent`;
   }
