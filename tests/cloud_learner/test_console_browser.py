@@ -2,24 +2,41 @@
 
 A real learner with its console, two robots' operator sessions over real gRPC; the test logs in through the
 page, sees both robots, takes over one, drives it with key presses, labels the episode, hands back, and
-checks at the robot's session that the commands arrived (and none at the other robot). A screenshot lands
-in the test's tmp dir. Skipped, saying why, only where no chromium binary exists (scripts/setup.sh installs
-it with apt-get).
+checks at the robot's session that the commands arrived (and none at the other robot). The second test puts
+two real robot daemons (Meta-World robots in MuJoCo) behind the console, drives one from the keyboard and a
+gamepad, and checks at the learner that the uploaded episode has those frames as interventions attributed
+to the operator. Screenshots land in the test's tmp dir. Skipped, saying why, only where no chromium binary
+exists (scripts/setup.sh installs it with apt-get).
 """
 
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from learner_fixtures import RunningLearner, wait_for
+from learner_fixtures import TOKENS, RunningLearner, wait_for
 from test_console import PASSWORD, USERS, FakeRobot, add_accounts
 
 from cloud_learner.config import ConsoleConfig
+from robot_client.config import (
+    ControlConfig,
+    LearnerLinkConfig,
+    MetricsConfig,
+    OperatorConfig,
+    RobotConfig,
+    RobotPluginConfig,
+    SpoolConfig,
+    UploadConfig,
+)
+from robot_client.daemon import RobotDaemon
+from sop.episode import ACTION, INTERVENTION, Outcome, operator_frames
+
+ROBOT_FAKES = Path(__file__).resolve().parents[1] / "robot_client"
 
 StartLearner = Callable[..., RunningLearner]
 
@@ -126,3 +143,109 @@ def test_an_operator_logs_in_takes_over_drives_labels_and_hands_back_in_chromium
     assert (tmp_path / "console.png").stat().st_size > 10_000
     # The page asks /api/session before the login (401: show the login form); nothing else may fail.
     assert [e for e in console_errors if "401" not in e] == [], console_errors
+
+
+# A gamepad the page finds through `navigator.getGamepads()`; the test moves its sticks and buttons.
+FAKE_GAMEPAD = """
+window.__pad = { id: "test pad (standard)", connected: true, index: 0, mapping: "standard",
+  axes: [0, 0, 0, 0], buttons: Array.from({ length: 16 }, () => ({ pressed: false, value: 0 })) };
+navigator.getGamepads = () => [window.__pad];
+"""
+
+
+def _daemon(learner: RunningLearner, robot_id: str, tmp_path: Path) -> RobotDaemon:
+    sys.path.insert(0, str(ROBOT_FAKES))
+    from robot_fakes import FakePolicy
+
+    token = tmp_path / f"{robot_id}.token"
+    token.write_text(TOKENS[robot_id])
+    config = RobotConfig(
+        robot_id=robot_id,
+        data_dir=str(tmp_path / "robots"),
+        learner=LearnerLinkConfig(
+            address=f"127.0.0.1:{learner.service.port}",
+            token_file=str(token),
+            rpc_timeout_s=2.0,
+            reconnect_initial_s=0.05,
+            reconnect_max_s=0.3,
+        ),
+        control=ControlConfig(rate_hz=30.0, max_episode_steps=900, telemetry_hz=10.0),
+        robot=RobotPluginConfig(type="metaworld", task="reach-v3", seed=int(robot_id[-1])),
+        operator=OperatorConfig(type="none", remote=True),
+        spool=SpoolConfig(durable=False, flush_every_steps=10),
+        upload=UploadConfig(backoff_initial_s=0.05, backoff_max_s=0.3, poll_interval_s=0.1),
+        metrics=MetricsConfig(log_interval_s=0.0, heartbeat_interval_s=0.5),
+    )
+    # A policy that barely moves (actions of 0.01): whatever moves the hand is the operator.
+    daemon = RobotDaemon(config, base_policy=FakePolicy(1, action_dim=4))
+    daemon.start()
+    return daemon
+
+
+def test_an_operator_drives_a_real_robot_daemon_and_the_learner_records_whose_frames_they_are(
+    start_learner: StartLearner, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    add_accounts(tmp_path / "run", USERS)
+    learner = start_learner(console=ConsoleConfig(address="127.0.0.1:0", teleop_rate_hz=30.0))
+    assert learner.service.console is not None
+    daemons = {robot_id: _daemon(learner, robot_id, tmp_path) for robot_id in ("robot-1", "robot-2")}
+    try:
+        wait_for(lambda: learner.service.relay.connected_robots() == ["robot-1", "robot-2"], timeout=30)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+            try:
+                page = browser.new_page(viewport={"width": 1200, "height": 1100})
+                page.add_init_script(FAKE_GAMEPAD)
+                page.goto(learner.service.console.url)
+                page.fill("#login-username", "alice")
+                page.fill("#login-password", PASSWORD)
+                page.click("#login-form button[type=submit]")
+                for robot_id in ("robot-1", "robot-2"):
+                    expect(page.locator(f'tr[data-robot-id="{robot_id}"]')).to_contain_text("running")
+                page.click('tr[data-robot-id="robot-1"]')
+                expect(page.locator("#action-proposed")).to_contain_text("0.01")  # the policy's proposal
+                page.click("#take-over")
+                expect(page.locator("#robot-holder")).to_contain_text("Held by alice")
+                expect(page.locator("#gamepad")).to_contain_text("test pad")
+                page.keyboard.down("d")  # +x from the keyboard
+                page.wait_for_timeout(500)
+                page.keyboard.up("d")
+                page.evaluate("window.__pad.axes[1] = -0.9")  # left stick forward: +y from the gamepad
+                page.wait_for_timeout(500)
+                page.evaluate("window.__pad.axes[1] = 0")
+                expect(page.locator("#action-executed")).to_contain_text("Executed (operator)")
+                page.wait_for_timeout(300)
+                page.click("#label-success")  # ends the running episode with the operator's verdict
+                expect(page.locator("#notice")).to_contain_text("success")
+                page.click("#hand-back")
+                expect(page.locator("#robot-holder")).to_contain_text("Not held")
+                page.screenshot(path=str(tmp_path / "console-robots.png"), full_page=True)
+                print(f"screenshot: {tmp_path / 'console-robots.png'}")
+            finally:
+                browser.close()
+        wait_for(
+            lambda: any(
+                info.robot_id == "robot-1" and info.outcome is Outcome.SUCCESS
+                for info in learner.service.store.list()
+            ),
+            timeout=30,
+        )
+    finally:
+        for daemon in daemons.values():
+            daemon.stop()
+
+    store = learner.service.store
+    (labelled,) = [
+        store.get(info.episode_id)
+        for info in store.list()
+        if info.robot_id == "robot-1" and info.outcome is Outcome.SUCCESS
+    ]
+    flags = labelled.steps[INTERVENTION]
+    ranges = operator_frames(labelled.extra, labelled.num_steps, flags)
+    assert set(ranges) == {"alice"} and flags.sum() == sum(b - a for a, b in ranges["alice"])
+    driven = labelled.steps[ACTION][flags]
+    assert (driven[:, 0] > 0.2).any(), "the keyboard's +x never reached the robot"
+    assert (driven[:, 1] > 0.2).any(), "the gamepad's +y never reached the robot"
+    assert np.allclose(labelled.steps[ACTION][~flags], 0.01)  # the policy's own frames
