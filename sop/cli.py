@@ -95,6 +95,9 @@ COMMANDS: dict[str, Command] = {
     "bench learner": Command("benchmarks.learner", "ingest, broadcast and trainer throughput"),
     "bench fleet": Command("benchmarks.fleet", "success vs per-robot steps for 1, 2, 4 robots"),
     "bench retrain": Command("benchmarks.retrain", "retrain a run's replay at fixed learner steps, evaluate"),
+    "bench console": Command(
+        "benchmarks.console", "operator command to robot action through the console (p50/p99)"
+    ),
     "bench soak": Command("benchmarks.soak", "a fleet under sustained load: learner memory, 0 lost, latency"),
 }
 

@@ -664,3 +664,38 @@ def test_an_oversized_frame_ends_only_that_connection(
     with live(url, client) as ws:  # the server is fine
         next_of(ws, "hello")
         assert command(ws, type="ping")["type"] == "pong"
+
+
+def test_the_python_client_drives_a_robot_as_the_page_does_and_raises_refusals(
+    start_console: Callable[..., tuple[RunningLearner, str]],
+) -> None:
+    from cloud_learner.console.client import ConsoleClient, ConsoleCommandError
+
+    learner, url = start_console(robots_ids=("robot-1",))
+    robot = fake_robot(learner, "robot-2")
+    try:
+        with pytest.raises(ConsoleCommandError, match="login as 'alice' refused: wrong username or password"):
+            ConsoleClient(url, "alice", "wrong password")
+        with (
+            ConsoleClient(url, "alice", PASSWORD) as alice,
+            alice.live() as live,
+            ConsoleClient(url, "bob", PASSWORD) as bob,
+            bob.live() as bob_live,
+        ):
+            assert live.hello["username"] == "alice"
+            assert live.take_over("robot-2", reason="script")["held_by"] == "alice"
+            with pytest.raises(ConsoleCommandError, match="robot-2 is held by alice"):
+                bob_live.take_over("robot-2")
+            live.teleop("robot-2", [0.25, 0.0, 0.0, -1.0])
+            wait_for(lambda: len(robot.teleop_actions()) == 1)
+            bob_live.teleop("robot-2", [1.0, 0.0, 0.0, -1.0])  # refused: not bob's robot
+            deadline = time.monotonic() + 5
+            while not any("robot-2 is held by alice" in error for error in bob_live.errors):
+                assert time.monotonic() < deadline, bob_live.errors
+                bob_live.next_update()
+            assert live.hand_back("robot-2")["held_by"] is None
+            assert {row["robot_id"] for row in alice.get("fleet")["robots"]} == {"robot-1", "robot-2"}
+        assert robot.kinds() == ["take_over", "teleop_action", "hand_back"]
+        np.testing.assert_allclose(robot.teleop_actions()[0], [0.25, 0, 0, -1])
+    finally:
+        robot.close()
