@@ -200,3 +200,57 @@ def write_base_checkpoint(
     stats = NormalizationStats.from_arrays({key: [e.steps[key] for e in episodes] for key in (STATE, ACTION)})
     policy = DiffusionPolicy(small_policy_config(tasks), stats, version=0)
     return policy.save(path)
+
+
+ROBOT_FAKES = Path(__file__).resolve().parents[1] / "robot_client"
+
+
+def start_robot_daemon(
+    learner: RunningLearner,
+    robot_id: str,
+    tmp_path: Path,
+    task: str = "reach-v3",
+    max_episode_steps: int = 900,
+) -> Any:
+    """A real robot daemon (in this process) with a Meta-World robot at 30 Hz, connected to `learner` with
+    the operator console's session on; its policy barely moves (actions of 0.01), so whatever moves the
+    hand is an operator. Started; the caller stops it."""
+    import sys
+
+    from robot_client.config import (
+        ControlConfig,
+        LearnerLinkConfig,
+        MetricsConfig,
+        OperatorConfig,
+        RobotConfig,
+        RobotPluginConfig,
+        SpoolConfig,
+        UploadConfig,
+    )
+    from robot_client.daemon import RobotDaemon
+
+    sys.path.insert(0, str(ROBOT_FAKES))
+    from robot_fakes import FakePolicy
+
+    token = tmp_path / f"{robot_id}.token"
+    token.write_text(TOKENS[robot_id])
+    config = RobotConfig(
+        robot_id=robot_id,
+        data_dir=str(tmp_path / "robots"),
+        learner=LearnerLinkConfig(
+            address=f"127.0.0.1:{learner.service.port}",
+            token_file=str(token),
+            rpc_timeout_s=2.0,
+            reconnect_initial_s=0.05,
+            reconnect_max_s=0.3,
+        ),
+        control=ControlConfig(rate_hz=30.0, max_episode_steps=max_episode_steps, telemetry_hz=10.0),
+        robot=RobotPluginConfig(type="metaworld", task=task, seed=int(robot_id[-1])),
+        operator=OperatorConfig(type="none", remote=True),
+        spool=SpoolConfig(durable=False, flush_every_steps=10),
+        upload=UploadConfig(backoff_initial_s=0.05, backoff_max_s=0.3, poll_interval_s=0.1),
+        metrics=MetricsConfig(log_interval_s=0.0, heartbeat_interval_s=0.5),
+    )
+    daemon = RobotDaemon(config, base_policy=FakePolicy(1, action_dim=4))
+    daemon.start()
+    return daemon

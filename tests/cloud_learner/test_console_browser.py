@@ -12,31 +12,17 @@ exists (scripts/setup.sh installs it with apt-get).
 from __future__ import annotations
 
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from learner_fixtures import TOKENS, RunningLearner, wait_for
+from learner_fixtures import RunningLearner, start_robot_daemon, wait_for
 from test_console import PASSWORD, USERS, FakeRobot, add_accounts
 
 from cloud_learner.config import ConsoleConfig
-from robot_client.config import (
-    ControlConfig,
-    LearnerLinkConfig,
-    MetricsConfig,
-    OperatorConfig,
-    RobotConfig,
-    RobotPluginConfig,
-    SpoolConfig,
-    UploadConfig,
-)
-from robot_client.daemon import RobotDaemon
 from sop.episode import ACTION, INTERVENTION, Outcome, operator_frames
-
-ROBOT_FAKES = Path(__file__).resolve().parents[1] / "robot_client"
 
 StartLearner = Callable[..., RunningLearner]
 
@@ -153,35 +139,6 @@ navigator.getGamepads = () => [window.__pad];
 """
 
 
-def _daemon(learner: RunningLearner, robot_id: str, tmp_path: Path) -> RobotDaemon:
-    sys.path.insert(0, str(ROBOT_FAKES))
-    from robot_fakes import FakePolicy
-
-    token = tmp_path / f"{robot_id}.token"
-    token.write_text(TOKENS[robot_id])
-    config = RobotConfig(
-        robot_id=robot_id,
-        data_dir=str(tmp_path / "robots"),
-        learner=LearnerLinkConfig(
-            address=f"127.0.0.1:{learner.service.port}",
-            token_file=str(token),
-            rpc_timeout_s=2.0,
-            reconnect_initial_s=0.05,
-            reconnect_max_s=0.3,
-        ),
-        control=ControlConfig(rate_hz=30.0, max_episode_steps=900, telemetry_hz=10.0),
-        robot=RobotPluginConfig(type="metaworld", task="reach-v3", seed=int(robot_id[-1])),
-        operator=OperatorConfig(type="none", remote=True),
-        spool=SpoolConfig(durable=False, flush_every_steps=10),
-        upload=UploadConfig(backoff_initial_s=0.05, backoff_max_s=0.3, poll_interval_s=0.1),
-        metrics=MetricsConfig(log_interval_s=0.0, heartbeat_interval_s=0.5),
-    )
-    # A policy that barely moves (actions of 0.01): whatever moves the hand is the operator.
-    daemon = RobotDaemon(config, base_policy=FakePolicy(1, action_dim=4))
-    daemon.start()
-    return daemon
-
-
 def test_an_operator_drives_a_real_robot_daemon_and_the_learner_records_whose_frames_they_are(
     start_learner: StartLearner, tmp_path: Path
 ) -> None:
@@ -190,7 +147,9 @@ def test_an_operator_drives_a_real_robot_daemon_and_the_learner_records_whose_fr
     add_accounts(tmp_path / "run", USERS)
     learner = start_learner(console=ConsoleConfig(address="127.0.0.1:0", teleop_rate_hz=30.0))
     assert learner.service.console is not None
-    daemons = {robot_id: _daemon(learner, robot_id, tmp_path) for robot_id in ("robot-1", "robot-2")}
+    daemons = {
+        robot_id: start_robot_daemon(learner, robot_id, tmp_path) for robot_id in ("robot-1", "robot-2")
+    }
     try:
         wait_for(lambda: learner.service.relay.connected_robots() == ["robot-1", "robot-2"], timeout=30)
         with sync_playwright() as playwright:
