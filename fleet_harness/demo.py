@@ -3,6 +3,7 @@
     sop demo                       # default: 4 tasks, 4 robots, ~12 minutes on a 2-core CPU
     sop demo --config demo_quick   # one easy task, 2 robots, ~3 minutes (what CI runs)
     sop demo --robots 2 --budget_s 300 --tasks reach-v3,push-v3 --out runs/mine
+    sop demo --deployment shifted-objects   # robots and evaluation under a shift (configs/deployments/)
 
 What happens, in order:
 1. A weak base policy: a few scripted demonstrations per task, a short behaviour-cloning run. Cached under
@@ -17,7 +18,11 @@ What happens, in order:
 4. Everything stops cleanly (robots first: their spools are flushed; then the learner) — also on Ctrl-C.
 5. The base and the final checkpoint are evaluated on the same held-out seeded episodes (no operator), one
    process per core, and the run folder gets `report.md` (success rates with Wilson 95 % intervals), plots
-   and `summary.json`.
+   and `summary.json`, with the operators' effort (operator-labelled frames and operator-minutes).
+
+`--deployment NAME` (default nominal: the demo as it always was) runs the robots and both evaluations under a
+deployment preset of sim/deployment.py; the demonstrations of the base policy stay nominal, as teams record
+them before a robot is deployed, so the same cached base serves every deployment.
 """
 
 from __future__ import annotations
@@ -193,6 +198,14 @@ class FleetDemoConfig:
         },
     )
     base: BasePolicyConfig = field(default_factory=BasePolicyConfig)
+    deployment: str = field(
+        default="nominal",
+        metadata={
+            "help": "deployment preset the robots and the evaluation run under (configs/deployments/<name>"
+            ".yaml: shifted-objects, heavy-objects, latency, noisy-sensing, camera-shift); demonstrations "
+            "stay nominal"
+        },
+    )
     live: bool = field(default=True, metadata={"help": "live terminal view (off: periodic log lines)"})
 
     def __post_init__(self) -> None:
@@ -204,6 +217,9 @@ class FleetDemoConfig:
 
         for task in self.tasks:
             get_task(task)  # raises UnknownTaskError naming the task
+        from sim.deployment import load_deployment
+
+        load_deployment(self.deployment)  # an unknown preset stops here, with the list of presets
         if self.robots < 1:
             raise ValueError(f"robots must be >= 1, got {self.robots}")
         if self.budget_s <= 0:
@@ -226,6 +242,12 @@ class FleetDemoConfig:
 
     def robot_task(self, index: int) -> str:
         return self.tasks[index % len(self.tasks)]
+
+    @property
+    def operator_control_hz(self) -> float:
+        """The rate operator-minutes are counted at: the robots' control rate, or for a free-running fleet the
+        rate its episodes are stamped at (sim.demonstrations.EPISODE_FPS, 30 Hz, as real arms run)."""
+        return self.robot_rate_hz if self.robot_rate_hz > 0 else 30.0
 
 
 # Base policy ----------------------------------------------------------------------------------------------
@@ -316,6 +338,7 @@ def evaluate_checkpoint(
     episodes, with the same outcomes as one process would have."""
     import torch
 
+    from sim.deployment import load_deployment
     from sim.evaluate import evaluate_checkpoint_parallel
     from sim.metaworld_env import EnvConfig
 
@@ -326,7 +349,9 @@ def evaluate_checkpoint(
         list(config.tasks),
         config.eval_episodes,
         seed_offset=EVAL_SEED_OFFSET,
-        env_config=EnvConfig(max_episode_steps=config.max_episode_steps),
+        env_config=EnvConfig(
+            max_episode_steps=config.max_episode_steps, deployment=load_deployment(config.deployment)
+        ),
         workers=evaluation_workers() if workers is None else workers,
     )
     return {
@@ -476,6 +501,8 @@ def robot_args(
         config.robot_task(index),
         "--robot.seed",
         str(10_000 + 1000 * index),
+        "--robot.deployment",
+        config.deployment,
         "--operator.type",
         "simulated",
         "--operator.seed",
@@ -624,6 +651,8 @@ def run_fleet_demo(config: FleetDemoConfig, console: Console | None = None) -> d
         time.monotonic() - wall_start,
         applied,
         sampler=sampler_as_run(config.sampler, config.base.policy),
+        operator_control_hz=config.operator_control_hz,
+        deployment=deployment_summary(config.deployment),
     )
     summary["final_version"] = final_version
     summary["online_started_at"] = online.started_at
@@ -636,6 +665,14 @@ def run_fleet_demo(config: FleetDemoConfig, console: Console | None = None) -> d
         f"final {pooled(final_eval.values())}   report: {report}"
     )
     return summary
+
+
+def deployment_summary(name: str) -> dict[str, Any]:
+    """The deployment a run used, for its summary: the preset's name and what it shifts."""
+    from sim.deployment import load_deployment
+
+    deployment = load_deployment(name)
+    return {"name": deployment.name, "shifts": deployment.shifts()}
 
 
 def latest_published(run_dir: Path) -> tuple[bytes | None, int]:

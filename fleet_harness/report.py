@@ -7,6 +7,11 @@ Inputs (JSON lines written while the fleet runs):
     learner/train.jsonl               one line per logged trainer step: step, loss, time (Unix),
                                       mix/<task>/online_share (and mix/<task>/loss_online, loss_offline)
                                       per task, and published_version when a checkpoint went out
+Operator effort (`operator_effort`, per robot and in total) is counted from the same episode logs: the
+frames an operator drove (`intervention_frames`, the frames recorded with `intervention` set: the
+operator-labelled frames HG-DAgger learns from) and operator-minutes, those frames at the robots' control
+rate (frames / control_hz / 60): the time a person spent driving, comparable across runs and with the
+expert frames of offline demonstrations.
 Held-out success is reported as a rate with its Wilson 95 % interval and n (`sop.success_rate`); the mean
 over tasks, whose tasks all ran the same episodes, gets the pooled interval over all of them.
 Kept apart from the harness so a report can be rebuilt from a finished run folder:
@@ -238,6 +243,34 @@ def online_per_task(events: list[EpisodeEvent]) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def _effort(frames: int, control_hz: float) -> dict[str, Any]:
+    return {"operator_labelled_frames": frames, "operator_minutes": frames / control_hz / 60.0}
+
+
+def operator_effort(events: list[EpisodeEvent], control_hz: float) -> dict[str, Any]:
+    """Operator-labelled frames and operator-minutes (at `control_hz`) per robot and in total, with each
+    robot's episodes, env steps and take-overs beside them."""
+    if not control_hz > 0:
+        raise ValueError(f"control_hz must be positive, got {control_hz}")
+    per_robot: dict[str, dict[str, Any]] = {}
+    for robot_id in sorted({e.robot_id for e in events}):
+        mine = [e for e in events if e.robot_id == robot_id]
+        per_robot[robot_id] = {
+            "task": mine[0].task,
+            "episodes": len(mine),
+            "env_steps": sum(e.num_steps for e in mine),
+            "take_overs": sum(e.take_overs for e in mine),
+            **_effort(sum(e.intervention_frames for e in mine), control_hz),
+        }
+    total = {
+        "episodes": len(events),
+        "env_steps": sum(e.num_steps for e in events),
+        "take_overs": sum(e.take_overs for e in events),
+        **_effort(sum(e.intervention_frames for e in events), control_hz),
+    }
+    return {"control_hz": float(control_hz), "per_robot": per_robot, "total": total}
+
+
 def _evaluation(prefix: str, counts: Mapping[str, SuccessCount]) -> dict[str, Any]:
     mean = pooled(counts.values()) if counts else None
     return {
@@ -256,9 +289,12 @@ def summarize(
     wall_time_s: float,
     checkpoints_applied: dict[str, list[int]],
     sampler: dict[str, Any] | None = None,
+    operator_control_hz: float = 30.0,
+    deployment: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The numbers a reader wants first; base and final come from the same held-out seeded episodes, so
-    every task of both ran the same number of episodes (`eval_episodes_per_task`)."""
+    every task of both ran the same number of episodes (`eval_episodes_per_task`). `deployment`: the
+    conditions robots and evaluation ran under (name and shifts); None: nominal."""
     sizes = {c.episodes for c in [*base_eval.values(), *final_eval.values()]}
     if len(sizes) > 1:
         raise ValueError(f"base and final were evaluated on different numbers of episodes per task: {sizes}")
@@ -278,6 +314,8 @@ def summarize(
         "intervention_frames": sum(e.intervention_frames for e in events),
         "take_overs": sum(e.take_overs for e in events),
         "online_per_task": online_per_task(events),
+        "operator_effort": operator_effort(events, operator_control_hz),
+        "deployment": deployment or {"name": "nominal", "shifts": {}},
         "learner_steps": max((int(r["step"]) for r in train_rows), default=0),
         "checkpoints_published": published,
         "checkpoints_applied": checkpoints_applied,
@@ -295,6 +333,10 @@ def complete_older_summary(
     summary = dict(summary)
     if "online_per_task" not in summary:
         summary["online_per_task"] = online_per_task(events)
+    if "operator_effort" not in summary:
+        rate = run_config.get("robot_rate_hz")
+        control_hz = float(rate) if isinstance(rate, (int, float)) and rate > 0 else 30.0
+        summary["operator_effort"] = operator_effort(events, control_hz)
     if "sampler" not in summary and isinstance(run_config.get("sampler"), dict):
         summary["sampler"] = run_config["sampler"]
     n = summary.get("eval_episodes_per_task", run_config.get("eval_episodes"))
@@ -334,6 +376,13 @@ def write_report(run_dir: Path, summary: dict[str, Any], plots: list[Path]) -> P
     ]
     if summary.get("sampler"):
         lines += ["", f"Sampler (robots and evaluation): `{json.dumps(summary['sampler'], sort_keys=True)}`"]
+    deployment = summary.get("deployment")
+    if deployment:
+        shifts = json.dumps(deployment.get("shifts") or {}, sort_keys=True)
+        lines += [
+            "",
+            f"Deployment (robots and evaluation; demonstrations nominal): `{deployment['name']}` {shifts}",
+        ]
     lines += [
         "",
         "## Success on held-out seeded episodes (no operator)",
@@ -371,6 +420,21 @@ def write_report(run_dir: Path, summary: dict[str, Any], plots: list[Path]) -> P
             lines.append(
                 f"| {task} | {row['robots']} | {row['episodes']} | {row['env_steps']} | "
                 f"{row['intervention_rate']:.1%} | {row['operator_labelled_frames']} | {row['take_overs']} |"
+            )
+    effort = summary.get("operator_effort")
+    if effort:
+        lines += [
+            "",
+            f"## Operator effort (minutes at the {effort['control_hz']:g} Hz control rate)",
+            "",
+            "| robot | task | episodes | env steps | take-overs | operator-labelled frames | operator-minutes |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        rows = [*sorted(effort["per_robot"].items()), ("**total**", {**effort["total"], "task": ""})]
+        for robot_id, row in rows:
+            lines.append(
+                f"| {robot_id} | {row['task']} | {row['episodes']} | {row['env_steps']} | {row['take_overs']} | "
+                f"{row['operator_labelled_frames']} | {row['operator_minutes']:.2f} |"
             )
     lines += ["", "## Checkpoints applied by each robot", ""]
     for robot_id, versions in sorted(summary["checkpoints_applied"].items()):

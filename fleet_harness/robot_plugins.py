@@ -23,14 +23,18 @@ import numpy as np
 from robot_client.config import ControlConfig, OperatorConfig, RobotPluginConfig
 from robot_client.operators import OperatorDecision, OperatorInput
 from robot_client.robots import Observation, Robot, StepResult
+from sim.deployment import load_deployment
 from sim.metaworld_env import ACTION_DIM, STATE_DIM, EnvConfig, make_env
 from sim.operator import SimulatedOperator, SimulatedOperatorConfig
 
 
 class MetaWorldRobot(Robot):
-    """A Meta-World task of `sim/` as a robot (the CI harness and the demo)."""
+    """A Meta-World task of `sim/` as a robot (the CI harness and the demo), under the deployment conditions
+    `robot.deployment` names (its latency, sensing noise and moved layouts act inside the environment, so
+    the daemon, its policy and its operator see the deployed world as a real robot's would)."""
 
     def __init__(self, config: RobotPluginConfig, control: ControlConfig) -> None:
+        self.deployment = load_deployment(config.deployment)
         self.env = make_env(
             config.task,
             EnvConfig(
@@ -39,6 +43,7 @@ class MetaWorldRobot(Robot):
                 camera=config.camera,
                 image_height=config.image_size,
                 image_width=config.image_size,
+                deployment=self.deployment,
             ),
             seed=config.seed,
         )

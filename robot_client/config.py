@@ -194,6 +194,10 @@ class RobotPluginConfig:
     image: bool = False
     camera: str = "corner2"
     image_size: int = 64
+    # type=metaworld: the deployment conditions the simulated robot runs under, a preset name of the simulator
+    # (configs/deployments/<name>.yaml: shifted-objects, heavy-objects, latency, ...); nominal: none. The
+    # daemon only passes the name on: the robot kind looks it up among the presets that exist.
+    deployment: str = "nominal"
     # type=lerobot: YAML file of a lerobot RobotConfig, with its `type` (e.g. so101_follower) and port.
     lerobot_config: str | None = None
     # type=factory: "package.module:function" returning a `robot_client.robots.Robot`.
@@ -204,6 +208,8 @@ class RobotPluginConfig:
         if not self.task:
             raise ValueError("robot.task must name a task")
         _positive("robot", image_size=self.image_size)
+        if not isinstance(self.deployment, str) or not self.deployment:
+            raise ValueError(f"robot.deployment must name a deployment preset, got {self.deployment!r}")
         if self.type == "lerobot" and self.lerobot_config is None:
             raise ValueError("robot.lerobot_config is required when robot.type is lerobot")
         if self.type == "factory":

@@ -2,6 +2,11 @@
 
     sop sim eval --checkpoint runs/bc --tasks reach-v3,push-v3 --episodes 50 --sampler.type rti --json eval.json
     sop sim eval --checkpoint runs/bc --episodes 50 --workers 2      # the same figures, on two processes
+    sop sim eval --checkpoint runs/bc --deployment shifted-objects  # under a deployment shift (sim/deployment.py)
+
+Episodes run under `EnvConfig.deployment` (nominal by default; `--deployment NAME` picks a preset of
+configs/deployments/): a policy is judged in the conditions it is deployed into, not those it was shown. The
+results name the deployment and what it shifts.
 
 Seeds: episode i of every task resets with seed `seed_offset + i`, and `seed_offset` defaults to
 EVAL_SEED_OFFSET = 1_000_000. Demonstrations (`sim.demonstrations`) reset with 32-bit words drawn from
@@ -45,6 +50,7 @@ from typing import Any, Final
 import numpy as np
 import torch
 
+from sim.deployment import NOMINAL, load_deployment
 from sim.metaworld_env import EnvConfig, make_env
 from sim.tasks import parse_task_list
 from sop.config import ConfigError, config_from_dict, config_to_dict, parse_config
@@ -222,7 +228,12 @@ def evaluate_policy(
         task: run_episodes(policy, task, 0, episodes, seed_offset, config, progress, episodes)
         for task in tasks
     }
-    return summarize_records(records, episodes, seed_offset, policy.version)
+    return _with_deployment(summarize_records(records, episodes, seed_offset, policy.version), config)
+
+
+def _with_deployment(results: dict[str, Any], config: EnvConfig) -> dict[str, Any]:
+    results["deployment"] = {"name": config.deployment.name, "shifts": config.deployment.shifts()}
+    return results
 
 
 # Parallel evaluation ------------------------------------------------------------------------------------------
@@ -340,7 +351,7 @@ def evaluate_checkpoint_parallel(
                 f"evaluation of {task}: {len(merged.success)} of {episodes} episodes came back"
             )
     version = next(iter(records.values())).policy_version
-    return summarize_records(records, episodes, seed_offset, version)
+    return _with_deployment(summarize_records(records, episodes, seed_offset, version), config)
 
 
 @dataclass(frozen=True)
@@ -362,6 +373,10 @@ class EvalConfig:
         default=1,
         metadata={"help": "processes that run episodes in parallel (one torch thread each); 1: this one"},
     )
+    deployment: str = field(
+        default=NOMINAL,
+        metadata={"help": "deployment preset the episodes run under (configs/deployments/<name>.yaml)"},
+    )
     json: str = field(default="", metadata={"help": "write the results to this JSON file"})
     progress: bool = False
 
@@ -378,6 +393,7 @@ class EvalConfig:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.tasks:
             parse_task_list(self.tasks)
+        load_deployment(self.deployment)  # an unknown preset stops here, with the list of presets
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -389,9 +405,12 @@ def main(argv: list[str] | None = None) -> int:
     if not tasks:
         raise ConfigError(f"tasks: the checkpoint {config.checkpoint} names no tasks; pass --tasks")
     cameras = tuple(getattr(getattr(policy, "config", None), "cameras", ()))
-    env_config = EnvConfig(max_episode_steps=config.max_steps)
+    deployment = load_deployment(config.deployment)
+    env_config = EnvConfig(max_episode_steps=config.max_steps, deployment=deployment)
     if cameras:  # an image-conditioned policy: render the camera it was trained on
-        env_config = EnvConfig(max_episode_steps=config.max_steps, image=True, camera=cameras[0])
+        env_config = EnvConfig(
+            max_episode_steps=config.max_steps, image=True, camera=cameras[0], deployment=deployment
+        )
     if config.workers > 1:
         results = evaluate_checkpoint_parallel(
             config.checkpoint,
@@ -416,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['ms_per_step_mean']:.2f} ms/step  {row['denoiser_calls_per_chunk_mean']:.1f} calls/chunk"
         )
     print(f"{'mean':24s} success {format_success(results['successes'], results['episodes'])}")
+    print(f"deployment: {deployment.name} {deployment.shifts() or ''}".rstrip())
     if config.json:
         path = Path(config.json)
         path.parent.mkdir(parents=True, exist_ok=True)

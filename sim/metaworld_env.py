@@ -16,6 +16,10 @@ Observation (a dict):
     image        uint8 (H,W,3)  only when `EnvConfig.image` is on; rendered off-screen on the CPU.
 Action: float32 (4,) in [-1, 1]: hand displacement xyz (scaled by Meta-World to 1 cm per unit) and
 gripper effort. `info["success"]` is Meta-World's success test as a bool.
+
+`EnvConfig.deployment` (sim/deployment.py) sets the conditions the task runs under: nominal by default (the
+environment described above, bit for bit), or a shift of the layouts, dynamics, latency, sensing, camera,
+lights or a distractor, applied at construction, reset and step.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import numpy as np
 from gymnasium import spaces
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
+from sim.deployment import DeploymentConditions, DeploymentConfig, as_deployment, simulator_class
 from sim.tasks import INSTRUCTION_CHARSET, MAX_INSTRUCTION_LENGTH, TaskSpec, get_task
 from sop.episode import MAX_IMAGE_SIDE
 
@@ -88,8 +93,14 @@ class EnvConfig:
         default=False,
         metadata={"help": "end the episode (terminated=True) on the first successful step"},
     )
+    deployment: DeploymentConfig = field(
+        default_factory=DeploymentConfig,
+        metadata={"help": "conditions the task runs under (sim/deployment.py); the defaults are nominal"},
+    )
 
     def __post_init__(self) -> None:
+        # A preset's name, or the plain-data form `dataclasses.asdict` gives a worker process, is accepted too.
+        object.__setattr__(self, "deployment", as_deployment(self.deployment))
         if not isinstance(self.max_episode_steps, int) or self.max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be a positive integer, got {self.max_episode_steps!r}")
         if self.camera not in CAMERAS:
@@ -130,7 +141,7 @@ class MetaWorldEnv(gymnasium.Env[dict[str, Any], np.ndarray]):
         self._pending_seed = seed
         self._renders = config.image or render_mode == "rgb_array"
 
-        env_cls = ALL_V3_ENVIRONMENTS[self.task_spec.name]
+        env_cls = simulator_class(config.deployment, ALL_V3_ENVIRONMENTS[self.task_spec.name])
         self._sim = env_cls(
             render_mode="rgb_array" if self._renders else None,
             camera_name=config.camera,
@@ -150,6 +161,8 @@ class MetaWorldEnv(gymnasium.Env[dict[str, Any], np.ndarray]):
             # image. They must be off before the first render creates the off-screen context.
             self._sim.model.vis.quality.shadowsize = 0
             self._sim.model.vis.quality.offsamples = 0
+        # After the observability change above: a moved goal range widens the observation bounds again.
+        self.deployment = DeploymentConditions(config.deployment, self._sim, config.camera)
 
         observation: dict[str, spaces.Space[Any]] = {
             "state": spaces.Box(-STATE_BOUND, STATE_BOUND, shape=(STATE_DIM,), dtype=np.float32),
@@ -198,6 +211,7 @@ class MetaWorldEnv(gymnasium.Env[dict[str, Any], np.ndarray]):
         state, _ = self._sim.reset()
         instructions = self.task_spec.instructions
         self._instruction = instructions[int(self.np_random.integers(len(instructions)))]
+        self.deployment.reset(self.np_random, self._sim, state)
         self._steps = 0
         self._running = True
         return self._observation(state), {"success": False}
@@ -209,7 +223,7 @@ class MetaWorldEnv(gymnasium.Env[dict[str, Any], np.ndarray]):
                 f"(after {self._steps} steps the last episode had ended)"
             )
         checked = check_action(action)
-        state, reward, _, _, sim_info = self._sim.step(checked)
+        state, reward, _, _, sim_info = self._sim.step(self.deployment.executed_action(checked))
         self._steps += 1
         success = bool(sim_info["success"])
         terminated = success and self.config.terminate_on_success
@@ -232,8 +246,9 @@ class MetaWorldEnv(gymnasium.Env[dict[str, Any], np.ndarray]):
             _RENDERING_ENVS.discard(self)
 
     def _observation(self, state: np.ndarray) -> dict[str, Any]:
+        observed = self.deployment.observed_state(state)
         observation: dict[str, Any] = {
-            "state": np.clip(state, -STATE_BOUND, STATE_BOUND).astype(np.float32),
+            "state": np.clip(observed, -STATE_BOUND, STATE_BOUND).astype(np.float32),
             "instruction": self._instruction,
         }
         if self.config.image:

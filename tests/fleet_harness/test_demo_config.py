@@ -107,3 +107,34 @@ def test_the_run_summary_spells_out_the_timesteps_rti_ran() -> None:
     assert sampler_as_run(RTISamplerConfig(), policy)["timesteps"] == [20, 10, 0]
     assert sampler_as_run(RTISamplerConfig(timesteps=(2, 1, 0)), policy)["timesteps"] == [2, 1, 0]
     assert sampler_as_run(DDIMSamplerConfig(), policy) == config_to_dict(DDIMSamplerConfig())
+
+
+def test_the_deployment_reaches_the_robots_and_the_evaluation_and_defaults_to_nominal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sim.evaluate
+    from fleet_harness.demo import evaluate_checkpoint, robot_args, write_fleet_trust
+    from robot_client.config import RobotConfig
+    from sim.deployment import load_deployment
+
+    assert parse_config(FleetDemoConfig, [], default_config="demo.yaml").deployment == "nominal"
+    config = parse_config(FleetDemoConfig, ["--deployment", "latency"], default_config="demo_quick.yaml")
+    trust = write_fleet_trust(tmp_path, ["robot-0"])
+    args = robot_args(config, tmp_path, 0, "robot-0", 5000, tmp_path, trust)
+    assert args[:2] == ["robot", "run"]
+    assert parse_config(RobotConfig, args[2:]).robot.deployment == "latency"
+
+    seen = {}
+
+    def fake_evaluation(*args: object, env_config: object, **kwargs: object) -> dict[str, object]:
+        seen["env_config"] = env_config
+        return {"tasks": {"reach-v3": {"successes": 1, "episodes": 2}}}
+
+    monkeypatch.setattr(sim.evaluate, "evaluate_checkpoint_parallel", fake_evaluation)
+    evaluate_checkpoint(tmp_path, config, workers=1)
+    assert seen["env_config"].deployment == load_deployment("latency")  # type: ignore[attr-defined]
+
+
+def test_an_unknown_deployment_stops_the_demo_before_anything_starts() -> None:
+    with pytest.raises(ConfigError, match="'shifted' is not a preset; choose one of"):
+        parse_config(FleetDemoConfig, ["--deployment", "shifted"], default_config="demo_quick.yaml")

@@ -13,6 +13,7 @@ from fleet_harness.report import (
     EpisodeEvent,
     main,
     online_share_series,
+    operator_effort,
     plot_run,
     read_episode_events,
     summarize,
@@ -204,6 +205,9 @@ def test_a_report_rebuilt_from_an_older_run_folder(
     assert summary["base_success"] == _older_summary()["base_success"]  # what was there stays as it was
     assert summary["final_success_ci95"]["reach-v3"] == list(wilson_interval(45, 50))
     assert summary["eval_episodes_per_task"] == 50 and summary["sampler"] == {"type": "ddim"}
+    # Operator effort follows from the episode logs, at the 30 Hz the run's config.json does not override.
+    assert summary["operator_effort"]["total"]["operator_labelled_frames"] == 400
+    assert summary["operator_effort"]["control_hz"] == 30.0
 
     # Without config.json nothing tells n: the rates alone, and still a report.
     (tmp_path / "config.json").unlink()
@@ -213,3 +217,40 @@ def test_a_report_rebuilt_from_an_older_run_folder(
     assert "| reach-v3 | - | 0.24 | 0.90 |" in text and "| **mean** | - | **0.15** | **0.65** |" in text
     assert "base_success_ci95" not in json.loads((tmp_path / "summary.json").read_text())
     assert str(tmp_path / "report.md") in capsys.readouterr().out
+
+
+def test_operator_effort_counts_labelled_frames_and_minutes_per_robot_and_in_total(tmp_path: Path) -> None:
+    _write_run(tmp_path)  # robot-0: 4 episodes x 10 frames; robot-1: 12 x 30; robot-2: none
+    events = read_episode_events(tmp_path, STARTED_AT)
+    base, final = _evaluations()
+    summary = summarize(events, [], base, final, 1.0, {}, operator_control_hz=10.0)
+    effort = summary["operator_effort"]
+    assert effort["control_hz"] == 10.0
+    robots = effort["per_robot"]
+    assert [robots[r]["operator_labelled_frames"] for r in ("robot-0", "robot-1", "robot-2")] == [40, 360, 0]
+    assert robots["robot-1"]["operator_minutes"] == pytest.approx(360 / 10 / 60)  # 0.6 min at 10 Hz
+    assert robots["robot-0"] | {"operator_minutes": 0} == {
+        "task": "reach-v3",
+        "episodes": 12,
+        "env_steps": 600,
+        "take_overs": 4,
+        "operator_labelled_frames": 40,
+        "operator_minutes": 0,
+    }
+    assert effort["total"]["operator_labelled_frames"] == 400 == summary["intervention_frames"]
+    assert effort["total"]["operator_minutes"] == pytest.approx(400 / 10 / 60)
+    assert operator_effort(events, 30.0)["total"]["operator_minutes"] == pytest.approx(400 / 30 / 60)
+    assert summary["deployment"] == {"name": "nominal", "shifts": {}}
+
+    summary["deployment"] = {"name": "latency", "shifts": {"action_latency_steps": 3}}
+    text = write_report(tmp_path, summary, []).read_text()
+    assert "## Operator effort (minutes at the 10 Hz control rate)" in text
+    assert "| robot-1 | push-v3 | 12 | 1800 | 12 | 360 | 0.60 |" in text
+    assert "| **total** |  | 36 | 3000 | 16 | 400 | 0.67 |" in text
+    assert (
+        'Deployment (robots and evaluation; demonstrations nominal): `latency` {"action_latency_steps": 3}'
+        in text
+    )
+    assert json.loads((tmp_path / "summary.json").read_text())["operator_effort"] == effort
+    with pytest.raises(ValueError, match="control_hz"):
+        operator_effort(events, 0.0)

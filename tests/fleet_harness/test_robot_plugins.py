@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fleet_harness.robot_plugins import MetaWorldRobot, SimulatedOperatorInput
 from robot_client.config import (
@@ -63,3 +64,27 @@ def test_simulated_operator_drives_a_metaworld_robot(tmp_path: Path) -> None:
     assert episode.steps["observation.state"].shape == (summary.steps, 39)
     assert not np.allclose(episode.steps[ACTION][flags], episode.steps[POLICY_ACTION][flags])
     assert np.allclose(episode.steps[ACTION][~flags], 0.01)
+
+
+def test_a_metaworld_robot_runs_under_its_deployment_preset() -> None:
+    from sim.deployment import DeploymentConfig, load_deployment
+    from sop.config import ConfigError
+
+    robot = make_robot(RobotPluginConfig(task="push-v3", deployment="latency"), ControlConfig())
+    nominal = make_robot(RobotPluginConfig(task="push-v3"), ControlConfig())
+    try:
+        assert isinstance(robot, MetaWorldRobot) and isinstance(nominal, MetaWorldRobot)
+        assert robot.env.config.deployment == load_deployment("latency")
+        assert nominal.env.config.deployment == DeploymentConfig()
+        start = robot.start_episode().state[:3]
+        assert np.array_equal(start, nominal.start_episode().state[:3])
+        right = np.array([1.0, 0.0, 0.0, -1.0], dtype=np.float32)
+        for _ in range(3):
+            late, now = robot.step(right).observation.state[:3], nominal.step(right).observation.state[:3]
+        # The commanded motion reaches the arm 3 steps later: after 3 steps it has not moved yet.
+        assert np.allclose(late, start, atol=1e-3) and now[0] - start[0] > 5e-3
+    finally:
+        robot.close()
+        nominal.close()
+    with pytest.raises(ConfigError, match=r"'\.\./\.\./etc/x' is not a preset"):
+        make_robot(RobotPluginConfig(task="push-v3", deployment="../../etc/x"), ControlConfig())
