@@ -29,7 +29,7 @@ from sim.metaworld_env import (
     MetaWorldEnv,
     make_env,
 )
-from sim.tasks import MT10_TASKS, TASK_NAMES, TASKS, TaskSpec, UnknownTaskError, get_task
+from sim.tasks import MT10_TASKS, MT50_TASKS, TASK_NAMES, TASKS, TaskSpec, UnknownTaskError, get_task
 
 
 def register_envs() -> None:
@@ -51,6 +51,7 @@ __all__ = [
     "CAMERAS",
     "CONTROL_HZ",
     "MT10_TASKS",
+    "MT50_TASKS",
     "STATE_DIM",
     "TASKS",
     "TASK_NAMES",
