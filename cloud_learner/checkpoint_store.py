@@ -97,6 +97,8 @@ class CheckpointStore:
         self.keep_last = keep_last
         self._lock = threading.Lock()
         self._records: dict[int, CheckpointRecord] = {}
+        # Versions pruning leaves alone however old (the version the fleet is pinned to).
+        self.protected: set[int] = set()
         self._scan()
 
     def remove_leftover_temporaries(self) -> int:
@@ -212,7 +214,7 @@ class CheckpointStore:
             raise
         with self._lock:
             self._records[record.version] = record
-            stale = sorted(self._records)[: -self.keep_last]
+            stale = [v for v in sorted(self._records)[: -self.keep_last] if v not in self.protected]
             for version in stale:
                 del self._records[version]
         for version in stale:
@@ -222,6 +224,24 @@ class CheckpointStore:
     def describe(self) -> dict[str, Any]:
         latest = self.latest()
         return {"versions": self.versions(), "latest": None if latest is None else asdict(latest)}
+
+
+def republished(blob: bytes, version: int, extra: dict[str, Any]) -> bytes:
+    """`blob`'s policy as version `version` (parent: the version it was), `extra` added to its manifest: how
+    an older checkpoint goes back to robots that only take newer versions (a roll-back)."""
+    checkpoint = checkpoint_from_bytes(blob, source="checkpoint to republish")
+    manifest = checkpoint.manifest
+    return checkpoint_to_bytes(
+        build_checkpoint(
+            checkpoint.tensors,
+            policy_type=manifest.policy_type,
+            version=version,
+            parent_version=manifest.version,
+            policy_config=manifest.policy_config,
+            normalization=manifest.normalization,
+            extra={**manifest.extra, **extra},
+        )
+    )
 
 
 def read_checkpoint_blob(path: str | Path) -> bytes:

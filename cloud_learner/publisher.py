@@ -13,31 +13,57 @@ robot that disappears frees its thread within `watch_check_interval_s`.
 With a signing key (`trainer.signing_key_file`) every announcement carries the learner's Ed25519 signature
 over the checkpoint's version, parent, sha256 and size (`sop.fleet_trust`), made once per version and kept
 with its prepared bytes; robots holding the public key refuse a checkpoint without it.
+
+**Pinning (and rolling back).** An admin can pin the fleet to a version (`pin`): robots are told about that
+version and no other until `unpin`, while the trainer goes on training and storing newer versions (they are
+announced at `unpin`). Robots only take a version newer than the one they run (a replayed old announcement
+must not downgrade them), so pinning to an older version republishes its weights as the next version number
+(`republished_from` in its manifest, parent = the old version): that is the roll-back. The pin survives a
+learner restart (`pin.json` in the checkpoint store) and its version is never pruned. It applies to the whole
+fleet; one robot alone cannot be pinned yet.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from cloud_learner.checkpoint_store import (
     CheckpointRecord,
     CheckpointStore,
     as_first_version,
     read_checkpoint_blob,
+    republished,
 )
 from sop.checkpoint import CheckpointError
+from sop.durable_files import write_json_atomically
 from sop.fleet_trust import CheckpointSigner
 from sop.v1 import fleet_pb2
 
 logger = logging.getLogger(__name__)
 
 MAX_FETCH_CHUNK_BYTES = 1 << 20
+PIN_NAME = "pin.json"
+MAX_PIN_REASON_CHARS = 200
+
+
+@dataclass(frozen=True)
+class FleetPin:
+    """The fleet is held at `version` (what robots are told about); `requested` is the version the admin
+    asked for (differs when it was republished under a new number)."""
+
+    version: int
+    requested: int
+    by: str
+    reason: str
+    at: float
 
 
 class CheckpointNotFoundError(KeyError):
@@ -130,7 +156,11 @@ class Publisher:
         self._cache: OrderedDict[int, PreparedCheckpoint] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._condition = threading.Condition()
-        self._latest: CheckpointRecord | None = None
+        self._latest: CheckpointRecord | None = None  # the newest stored version
+        self._fleet: CheckpointRecord | None = None  # the version robots are told about (the pin, or newest)
+        self._pin: FleetPin | None = None
+        # One version number at a time (trainer, base, republication); re-entrant: `pin` republishes under it.
+        self._publish_lock = threading.RLock()
         self._closed = False
         self.fetches_served = 0
         latest = store.latest()
@@ -141,14 +171,107 @@ class Publisher:
                 store.discard(latest.version, str(exc))
                 latest = store.latest()
                 continue
-            self._latest = latest
+            self._latest = self._fleet = latest
             self._announcement = announcement_for(latest, signer)
             break
+        self._restore_pin()
 
     @property
     def latest(self) -> CheckpointRecord | None:
+        """The newest stored version (what the trainer numbers from)."""
         with self._condition:
             return self._latest
+
+    @property
+    def fleet_version(self) -> CheckpointRecord | None:
+        """The version robots are told to run: the pinned one, else the newest."""
+        with self._condition:
+            return self._fleet
+
+    @property
+    def pin_state(self) -> FleetPin | None:
+        with self._condition:
+            return self._pin
+
+    def publish_next(self, make_blob: Callable[[int], bytes], **record: Any) -> CheckpointRecord:
+        """Store and announce the next version: `make_blob(version)` builds its blob, `record` goes to
+        `CheckpointStore.publish` (train_step, metrics, trainer_state). Serialized, so the trainer and a
+        republication never pick the same number."""
+        with self._publish_lock:
+            newest = self.store.latest()
+            blob = make_blob(1 if newest is None else newest.version + 1)
+            stored = self.store.publish(blob, **record)
+            self.announce(stored, blob)
+            return stored
+
+    def pin(self, version: int, by: str, reason: str = "") -> FleetPin:
+        """Hold the fleet at `version` (republished as the next number when robots may run a newer one).
+        KeyError-like `CheckpointNotFoundError` when the learner no longer holds `version`."""
+        with self._publish_lock:  # no trainer publication between the republication and the pin
+            record = self.store.record(version)
+            if record is None:
+                raise CheckpointNotFoundError(
+                    f"checkpoint v{version} is not held (kept: {self.store.versions()}); pin one of those"
+                )
+            current = self.fleet_version
+            if current is not None and version < current.version:
+                extra = {"republished_from": version, "republished_by": by, "republished_at": time.time()}
+                blob = self.store.read_blob(version)
+                record = self.publish_next(lambda number: republished(blob, number, extra), train_step=0)
+            pin = FleetPin(record.version, version, by, reason[:MAX_PIN_REASON_CHARS], time.time())
+            write_json_atomically(self.store.root / PIN_NAME, asdict(pin), durable=True)
+            self.store.protected = {record.version}
+            with self._condition:
+                self._pin = pin
+                self._fleet = record
+                self._announcement = announcement_for(record, self.signer)
+                self._condition.notify_all()
+        logger.warning(
+            "fleet pinned to v%d by %s%s (%s)",
+            version,
+            by,
+            f" (republished as v{record.version})" if record.version != version else "",
+            reason or "no reason given",
+        )
+        return pin
+
+    def unpin(self, by: str) -> CheckpointRecord | None:
+        """Let the fleet follow the newest version again; the newest, announced."""
+        with self._publish_lock, self._condition:
+            (self.store.root / PIN_NAME).unlink(missing_ok=True)
+            self.store.protected = set()
+            was, self._pin = self._pin, None
+            self._fleet = self._latest
+            if self._latest is not None:
+                self._announcement = announcement_for(self._latest, self.signer)
+            self._condition.notify_all()
+            newest = self._latest
+        if was is not None:
+            logger.warning("fleet unpinned from v%d by %s", was.version, by)
+        return newest
+
+    def _restore_pin(self) -> None:
+        path = self.store.root / PIN_NAME
+        if not path.exists():
+            return
+        try:
+            pin = FleetPin(**json.loads(path.read_text()))
+            record = self.store.record(int(pin.version))
+        except (OSError, ValueError, TypeError) as exc:
+            logger.error(
+                "ignoring the fleet pin %s: unreadable (%s); the fleet follows the newest", path, exc
+            )
+            return
+        if record is None:
+            logger.error(
+                "ignoring the fleet pin to v%d: the version is gone; the fleet follows the newest",
+                pin.version,
+            )
+            return
+        self.store.protected = {record.version}
+        self._pin, self._fleet = pin, record
+        self._announcement = announcement_for(record, self.signer)
+        logger.warning("the fleet stays pinned to v%d (pinned by %s)", pin.version, pin.by)
 
     def _prepare(self, record: CheckpointRecord, blob: bytes | None = None) -> PreparedCheckpoint:
         with self._cache_lock:
@@ -173,7 +296,9 @@ class Publisher:
         with self._condition:
             if self._latest is None or record.version > self._latest.version:
                 self._latest = record
-                self._announcement = announcement
+                if self._pin is None:
+                    self._fleet = record
+                    self._announcement = announcement
             self._condition.notify_all()
         logger.info(
             "published checkpoint v%d (%d bytes, sha256 %s, %s)",
@@ -189,8 +314,9 @@ class Publisher:
         if self.latest is not None:
             return None
         blob = as_first_version(read_checkpoint_blob(path))
-        record = self.store.publish(blob, train_step=0)
-        self.announce(record, blob)
+        with self._publish_lock:
+            record = self.store.publish(blob, train_step=0)
+            self.announce(record, blob)
         return record
 
     def close(self) -> None:
@@ -215,14 +341,14 @@ class Publisher:
         sent: int | None = None
         while True:
             with self._condition:
-                while not self._closed and (self._latest is None or self._latest.version == sent):
+                while not self._closed and (self._fleet is None or self._fleet.version == sent):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or not is_active():
                         return
                     self._condition.wait(timeout=min(check_interval_s, remaining))
                 if self._closed:
                     return
-                latest, announcement = self._latest, self._announcement
+                latest, announcement = self._fleet, self._announcement
             assert latest is not None and announcement is not None
             if sent is None and latest.version < current_version:
                 logger.warning(
@@ -237,7 +363,7 @@ class Publisher:
     def prepared(self, version: int) -> PreparedCheckpoint:
         """The prepared bytes of `version` (0: the newest). CheckpointNotFoundError if not held."""
         if version == 0:
-            latest = self.latest
+            latest = self.fleet_version
             if latest is None:
                 raise CheckpointNotFoundError("no checkpoint has been published yet")
             record: CheckpointRecord | None = latest

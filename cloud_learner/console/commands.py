@@ -187,7 +187,7 @@ class ConsoleCommands:
         needed = MESSAGE_TYPES[message.type]
         if not session.role.allows(needed):
             raise CommandRefused(
-                f"{message.type}: needs the {needed.value} role; {session.username} is a {session.role.value}"
+                f"{message.type}: needs the {needed.value} role; {session.username} has the {session.role.value} role"
             )
         robot_id = message.robot_id
         assert robot_id is not None

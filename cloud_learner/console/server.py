@@ -30,6 +30,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,7 @@ from cloud_learner.console.history import FleetHistory
 from cloud_learner.console.leases import RobotLeases
 from cloud_learner.console.sessions import CSRF_HEADER, SESSION_COOKIE, Session, SessionExpired, Sessions
 from cloud_learner.console.views import TelemetryClock, fleet_view, learner_view, robot_view
+from cloud_learner.publisher import MAX_PIN_REASON_CHARS, CheckpointNotFoundError
 from sop.safe_logging import RateLimitedLog, client_str
 
 if TYPE_CHECKING:
@@ -90,6 +92,14 @@ class NewOperatorRequest(BaseModel):
     username: str = USERNAME_FIELD
     password: str = Field(min_length=MIN_PASSWORD_CHARS, max_length=MAX_PASSWORD_CHARS)
     role: ConsoleRole
+
+
+class PinRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(
+        ge=1, le=2**62, description="a kept checkpoint version (the learner view lists them)"
+    )
+    reason: str = Field(default="", max_length=MAX_PIN_REASON_CHARS)
 
 
 class SessionInfo(BaseModel):
@@ -315,7 +325,8 @@ class ConsoleServer:
             def check(session: Session = Depends(current_session)) -> Session:
                 if not session.role.allows(role):
                     raise HTTPException(
-                        403, f"needs the {role.value} role; {session.username} is a {session.role.value}"
+                        403,
+                        f"needs the {role.value} role; {session.username} has the {session.role.value} role",
                     )
                 return session
 
@@ -379,7 +390,36 @@ class ConsoleServer:
 
         @app.get("/api/learner", summary="training step, loss, checkpoint versions")
         def learner(session: Session = Depends(current_session)) -> dict[str, Any]:
-            return learner_view(console.service.training_status())
+            return console.learner()
+
+        @app.post(
+            "/api/fleet/pin", summary="hold the fleet at a checkpoint version, or roll back to one (admin)"
+        )
+        def pin(
+            body: PinRequest,
+            session: Session = Depends(role_needed(ConsoleRole.ADMIN)),
+            _checked: Session = Depends(csrf_checked),
+        ) -> dict[str, Any]:
+            try:
+                pinned = console.service.publisher.pin(body.version, session.username, body.reason)
+            except CheckpointNotFoundError as exc:
+                raise HTTPException(404, str(exc.args[0])) from None
+            logger.warning(
+                "console: %s pinned the fleet to v%d (%s)",
+                client_str(session.username),
+                body.version,
+                client_str(body.reason) or "no reason given",
+            )
+            return asdict(pinned)
+
+        @app.delete("/api/fleet/pin", summary="let the fleet follow the newest checkpoint again (admin)")
+        def unpin(
+            session: Session = Depends(role_needed(ConsoleRole.ADMIN)),
+            _checked: Session = Depends(csrf_checked),
+        ) -> dict[str, Any]:
+            newest = console.service.publisher.unpin(session.username)
+            logger.warning("console: %s unpinned the fleet", client_str(session.username))
+            return {"fleet_version": None if newest is None else newest.version}
 
         @app.get("/api/operators", summary="console accounts (admin)")
         def operators(session: Session = Depends(role_needed(ConsoleRole.ADMIN))) -> list[OperatorInfo]:
@@ -413,6 +453,10 @@ class ConsoleServer:
         return app
 
     # ---- live state --------------------------------------------------------------------------------------
+
+    def learner(self) -> dict[str, Any]:
+        publisher = self.service.publisher
+        return learner_view(self.service.training_status(), publisher.fleet_version, publisher.pin_state)
 
     def fleet(self) -> list[dict[str, Any]]:
         service = self.service
@@ -490,7 +534,7 @@ class ConsoleServer:
                 with contextlib.suppress(Exception):
                     await refuse(CLOSE_UNAUTHENTICATED, str(exc.detail))
                 return
-            learner = learner_view(self.service.training_status())
+            learner = self.learner()
             update: dict[str, Any] = {"type": "fleet", "time": time.time(), "robots": self.fleet()}
             update["learner"] = learner
             update["history"] = self.history.series()

@@ -19,8 +19,10 @@ import numpy as np
 from sop.data.codec import decode_tensor
 
 if TYPE_CHECKING:
+    from cloud_learner.checkpoint_store import CheckpointRecord
     from cloud_learner.console.leases import RobotLeases
     from cloud_learner.operator_relay import OperatorRelay
+    from cloud_learner.publisher import FleetPin
     from cloud_learner.roster import FleetRoster, RobotStatus
     from cloud_learner.service import TrainingStatus
     from sop.v1 import operator_pb2
@@ -201,7 +203,10 @@ def robot_view(robot_id: str, relay: OperatorRelay) -> dict[str, Any]:
     }
 
 
-def learner_view(status: TrainingStatus) -> dict[str, Any]:
+def learner_view(
+    status: TrainingStatus, fleet_version: CheckpointRecord | None = None, pin: FleetPin | None = None
+) -> dict[str, Any]:
+    """Training step, loss, the kept checkpoints; the version the fleet runs and the pin holding it, if any."""
     metrics = {name: _finite(value) for name, value in status.metrics.items()}
     loss = metrics.get("train/loss")
     return {
@@ -214,6 +219,16 @@ def learner_view(status: TrainingStatus) -> dict[str, Any]:
         "metrics": metrics,
         "replay_episodes": status.replay_episodes,
         "latest_version": status.latest_version,
+        "fleet_version": None if fleet_version is None else fleet_version.version,
+        "pin": None
+        if pin is None
+        else {
+            "version": pin.version,
+            "requested": pin.requested,
+            "by": _text(pin.by),
+            "reason": _text(pin.reason),
+            "at": pin.at,
+        },
         "checkpoints": [
             {
                 "version": record.version,

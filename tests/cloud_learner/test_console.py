@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from learner_fixtures import RunningLearner, auth, chunks_of, upload, wait_for
+from learner_fixtures import RunningLearner, auth, chunks_of, make_checkpoint_blob, upload, wait_for
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -314,13 +314,13 @@ def test_wrong_role_is_refused_with_the_role_it_needs(
         headers={CSRF_HEADER: session["csrf_token"]},
     )
     assert refused.status_code == 403
-    assert refused.json()["detail"] == "needs the admin role; vera is a viewer"
+    assert refused.json()["detail"] == "needs the admin role; vera has the viewer role"
     assert viewer.get("/api/operators").status_code == 403
     with live(url, viewer) as ws:
         assert next_of(ws, "hello")["role"] == "viewer"
         answer = command(ws, type="take_over", robot_id="robot-1")
         assert answer["type"] == "error"
-        assert answer["error"] == "take_over: needs the operator role; vera is a viewer"
+        assert answer["error"] == "take_over: needs the operator role; vera has the viewer role"
         assert next_of(ws, "fleet")["robots"][0]["held_by"] is None  # still watching
 
 
@@ -699,3 +699,45 @@ def test_the_python_client_drives_a_robot_as_the_page_does_and_raises_refusals(
         np.testing.assert_allclose(robot.teleop_actions()[0], [0.25, 0, 0, -1])
     finally:
         robot.close()
+
+
+def test_an_admin_pins_and_rolls_back_the_fleet_and_others_may_not(
+    start_console: Callable[..., tuple[RunningLearner, str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="cloud_learner.console")
+    learner, url = start_console()
+    publisher = learner.service.publisher
+    for _ in range(3):
+        publisher.publish_next(lambda number: make_checkpoint_blob(number, number - 1, seed=number))
+    admin, session = log_in(url, "root")
+    operator, operator_session = log_in(url, "alice")
+    csrf = {CSRF_HEADER: session["csrf_token"]}
+    refused = operator.post(
+        "/api/fleet/pin", json={"version": 1}, headers={CSRF_HEADER: operator_session["csrf_token"]}
+    )
+    assert (
+        refused.status_code == 403
+        and refused.json()["detail"] == "needs the admin role; alice has the operator role"
+    )
+    assert admin.post("/api/fleet/pin", json={"version": 1}).status_code == 403  # no CSRF token
+    for body, status, detail in (
+        ({"version": 9}, 404, "checkpoint v9 is not held (kept: [1, 2, 3])"),
+        ({"version": 0}, 422, "version"),
+        ({"version": "1; rm -rf /"}, 422, "version"),
+        ({"version": 1, "reason": "x" * 500}, 422, "reason"),
+        ({"version": 1, "extra": 1}, 422, "extra"),
+    ):
+        answer = admin.post("/api/fleet/pin", json=body, headers=csrf)
+        assert answer.status_code == status and detail in answer.json()["detail"], (body, answer.text)
+    pinned = admin.post("/api/fleet/pin", json={"version": 1, "reason": "v2 drops the cup"}, headers=csrf)
+    assert pinned.status_code == 200, pinned.text
+    assert {"version": 4, "requested": 1, "by": "root"}.items() <= pinned.json().items()
+    view = admin.get("/api/learner").json()
+    assert (view["latest_version"], view["fleet_version"]) == (4, 4)
+    assert view["pin"]["requested"] == 1 and view["pin"]["reason"] == "v2 drops the cup"
+    assert "console: 'root' pinned the fleet to v1 ('v2 drops the cup')" in caplog.text
+    publisher.publish_next(lambda number: make_checkpoint_blob(number, number - 1, seed=number))
+    assert admin.get("/api/learner").json()["fleet_version"] == 4  # held while pinned
+    unpinned = admin.delete("/api/fleet/pin", headers=csrf)
+    assert unpinned.status_code == 200 and unpinned.json() == {"fleet_version": 5}
+    assert admin.get("/api/learner").json()["pin"] is None

@@ -11,34 +11,23 @@ exists (scripts/setup.sh installs it with apt-get).
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from learner_fixtures import RunningLearner, start_robot_daemon, wait_for
+from learner_fixtures import RunningLearner, make_checkpoint_blob, start_robot_daemon, wait_for
 from test_console import PASSWORD, USERS, FakeRobot, add_accounts
 
+from benchmarks.console import chromium_executable
 from cloud_learner.config import ConsoleConfig
 from sop.episode import ACTION, INTERVENTION, Outcome, operator_frames
 
 StartLearner = Callable[..., RunningLearner]
 
 
-def _chromium() -> str | None:
-    for candidate in (
-        "/usr/lib/chromium/chromium",
-        shutil.which("chromium"),
-        shutil.which("chromium-browser"),
-    ):
-        if candidate and Path(candidate).is_file():
-            return candidate
-    return None
-
-
-CHROMIUM = _chromium()
+CHROMIUM = chromium_executable()
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
@@ -208,3 +197,37 @@ def test_an_operator_drives_a_real_robot_daemon_and_the_learner_records_whose_fr
     assert (driven[:, 0] > 0.2).any(), "the keyboard's +x never reached the robot"
     assert (driven[:, 1] > 0.2).any(), "the gamepad's +y never reached the robot"
     assert np.allclose(labelled.steps[ACTION][~flags], 0.01)  # the policy's own frames
+
+
+def test_an_admin_rolls_the_fleet_back_and_unpins_it_in_chromium(
+    console_with_two_robots: tuple[RunningLearner, dict[str, FakeRobot]], tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    learner, _ = console_with_two_robots
+    assert learner.service.console is not None
+    publisher = learner.service.publisher
+    for _ in range(3):
+        publisher.publish_next(lambda number: make_checkpoint_blob(number, number - 1, seed=number))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 1000})
+            page.on("dialog", lambda dialog: dialog.accept("v2 and v3 drop the cup"))
+            page.goto(learner.service.console.url)
+            page.fill("#login-username", "root")
+            page.fill("#login-password", PASSWORD)
+            page.click("#login-form button[type=submit]")
+            expect(page.locator("#fleet-version")).to_have_text("v3 (follows the newest)")
+            page.click('button.pin[data-version="1"]')
+            expect(page.locator("#notice")).to_contain_text("rolled back to v1 (published as v4)")
+            expect(page.locator("#fleet-version")).to_contain_text(
+                "v4, pinned by root (v1 rolled back as v4): v2 and v3 drop the cup"
+            )
+            page.screenshot(path=str(tmp_path / "console-pin.png"), full_page=True)
+            page.click("#unpin")
+            expect(page.locator("#fleet-version")).to_have_text("v4 (follows the newest)")
+        finally:
+            browser.close()
+    assert publisher.pin_state is None and publisher.fleet_version is not None
+    assert publisher.fleet_version.version == 4

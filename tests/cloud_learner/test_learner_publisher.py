@@ -232,3 +232,56 @@ def test_a_restarted_learner_announces_its_newest_checkpoint(start_learner: Star
         fleet_pb2.RegisterRequest(robot_id="robot-1"), metadata=auth(), timeout=5
     )
     assert register.current_policy_version == 2
+
+
+def test_pinning_to_an_older_version_republishes_it_and_holds_the_fleet_there(
+    start_learner: StartLearner,
+) -> None:
+    learner = start_learner(trainer=TrainerConfig(enabled=False, keep_last=3))
+    for version in (1, 2, 3):
+        publish(learner, version)
+    publisher = learner.service.publisher
+    stream = learner.fleet().WatchPolicy(
+        fleet_pb2.WatchPolicyRequest(robot_id="robot-1", current_version=3), metadata=auth(), timeout=30
+    )
+    assert next(stream).version == 3
+    original = checkpoint_from_bytes(learner.service.checkpoints.read_blob(1))
+    pin = publisher.pin(1, by="root", reason="v2 and v3 drop the cup")
+    # Robots take only newer versions: v1's weights come back as v4, parent 1.
+    assert (pin.version, pin.requested, pin.by) == (4, 1, "root")
+    rolled_back = next(stream)
+    assert (rolled_back.version, rolled_back.parent_version) == (4, 1)
+    blob, _ = fetch(learner)  # "the newest" is the fleet's version
+    republished = checkpoint_from_bytes(blob)
+    assert republished.manifest.extra["republished_from"] == 1
+    assert republished.tensors["weight"].equal(original.tensors["weight"])
+    # The trainer goes on: its versions are stored, not announced, and the pinned one is never pruned.
+    for _ in range(4):
+        publisher.publish_next(lambda number: make_checkpoint_blob(number, number - 1, seed=number))
+    assert publisher.latest is not None and publisher.latest.version == 8
+    assert publisher.fleet_version is not None and publisher.fleet_version.version == 4
+    assert 4 in learner.service.checkpoints.versions()
+    # A restarted learner keeps the pin.
+    learner.restart()
+    publisher = learner.service.publisher
+    assert publisher.pin_state == pin and publisher.fleet_version is not None
+    assert publisher.fleet_version.version == 4
+    stream = learner.fleet().WatchPolicy(
+        fleet_pb2.WatchPolicyRequest(robot_id="robot-1", current_version=4), metadata=auth(), timeout=30
+    )
+    assert next(stream).version == 4
+    newest = publisher.unpin(by="root")
+    assert newest is not None and newest.version == 8 and next(stream).version == 8
+    assert publisher.pin_state is None
+    stream.cancel()
+
+
+def test_pinning_a_version_the_learner_no_longer_holds_is_refused(start_learner: StartLearner) -> None:
+    from cloud_learner.publisher import CheckpointNotFoundError
+
+    learner = start_learner(trainer=TrainerConfig(enabled=False, keep_last=2))
+    for version in (1, 2, 3):
+        publish(learner, version)
+    with pytest.raises(CheckpointNotFoundError, match=r"v1 is not held \(kept: \[2, 3\]\)"):
+        learner.service.publisher.pin(1, by="root")
+    assert learner.service.publisher.pin_state is None

@@ -70,6 +70,7 @@ function showConsole(session) {
   state.teleopRateHz = session.teleop_rate_hz || 30;
   $("who-name").textContent = session.username;
   $("who-role").textContent = session.role;
+  document.body.dataset.role = session.role;
   $("who").hidden = false;
   $("login-view").hidden = true;
   $("console-view").hidden = false;
@@ -338,6 +339,13 @@ function renderLearner(learner) {
   $("learner-step").textContent = String(learner.step);
   $("learner-loss").textContent = learner.loss === null || learner.loss === undefined ? "-" : learner.loss.toFixed(4);
   $("learner-version").textContent = learner.latest_version ? `v${learner.latest_version}` : "-";
+  const pin = learner.pin;
+  $("fleet-version").textContent = !learner.fleet_version ? "-" : pin
+    ? `v${learner.fleet_version}, pinned by ${pin.by}` +
+      (pin.requested !== pin.version ? ` (v${pin.requested} rolled back as v${pin.version})` : "") +
+      (pin.reason ? `: ${pin.reason}` : "")
+    : `v${learner.fleet_version} (follows the newest)`;
+  $("unpin").hidden = !(pin && state.role === "admin");
   $("learner-episodes").textContent = String(learner.replay_episodes);
   $("learner-trainer").textContent = learner.trainer_failure
     ? `stopped: ${learner.trainer_failure}` : (learner.trainer_running ? "training" : (learner.trainer_enabled ? "idle" : "off"));
@@ -349,7 +357,37 @@ function renderLearner(learner) {
     cell(row, String(record.train_step));
     cell(row, record.loss === null ? "-" : record.loss.toFixed(4));
     cell(row, new Date(record.created_at * 1000).toLocaleTimeString());
+    const fleetCell = cell(row, record.version === learner.fleet_version ? "running" : "", "admin-only");
+    if (state.role === "admin" && record.version !== learner.fleet_version) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "pin";
+      button.dataset.version = String(record.version);
+      button.textContent = record.version < learner.fleet_version ? `Roll back to v${record.version}` : `Pin v${record.version}`;
+      button.addEventListener("click", () => pinVersion(record.version));
+      fleetCell.appendChild(button);
+    }
     body.appendChild(row);
+  }
+}
+
+async function pinVersion(version) {
+  const reason = window.prompt(`Hold the fleet at v${version}: why? (kept in the log)`, "");
+  if (reason === null) return;
+  try {
+    const pin = await api("POST", "/api/fleet/pin", { version, reason });
+    notice(pin.version === version ? `Fleet pinned to v${version}.` : `Fleet rolled back to v${version} (published as v${pin.version}).`);
+  } catch (error) {
+    notice("Pin refused: " + error.message, true);
+  }
+}
+
+async function unpin() {
+  try {
+    const answer = await api("DELETE", "/api/fleet/pin");
+    notice(`Fleet unpinned: it follows the newest version (v${answer.fleet_version}).`);
+  } catch (error) {
+    notice("Unpin refused: " + error.message, true);
   }
 }
 
@@ -451,6 +489,7 @@ window.addEventListener("blur", () => state.keys.clear()); // a key released els
 document.addEventListener("DOMContentLoaded", async () => {
   $("login-form").addEventListener("submit", login);
   $("logout").addEventListener("click", logout);
+  $("unpin").addEventListener("click", unpin);
   $("take-over").addEventListener("click", () => send({ type: "take_over", robot_id: state.selected, reason: "console" }));
   $("hand-back").addEventListener("click", () => send({ type: "hand_back", robot_id: state.selected }));
   $("label-success").addEventListener("click", () => send({ type: "label", robot_id: state.selected, outcome: "success" }));
