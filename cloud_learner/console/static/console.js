@@ -349,6 +349,17 @@ function renderLearner(learner) {
   $("learner-episodes").textContent = String(learner.replay_episodes);
   $("learner-trainer").textContent = learner.trainer_failure
     ? `stopped: ${learner.trainer_failure}` : (learner.trainer_running ? "training" : (learner.trainer_enabled ? "idle" : "off"));
+  const metricNames = Object.keys(learner.metrics || {}).sort();
+  $("metric-count").textContent = String(metricNames.length);
+  const metricBody = $("learner-metrics").querySelector("tbody");
+  metricBody.replaceChildren();
+  for (const name of metricNames) {
+    const row = document.createElement("tr");
+    const value = learner.metrics[name];
+    cell(row, name);
+    cell(row, value === null ? "-" : Math.abs(value) >= 100 ? value.toFixed(0) : value.toPrecision(4));
+    metricBody.appendChild(row);
+  }
   const body = $("checkpoints").querySelector("tbody");
   body.replaceChildren();
   for (const record of learner.checkpoints.slice().reverse()) {
