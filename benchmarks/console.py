@@ -55,6 +55,10 @@ class ConsoleBenchConfig:
     work_dir: str = field(default="runs/bench-console", metadata={"help": "scratch folder (replaced)"})
     output: str = field(default="benchmarks/results/console.md", metadata={"help": "report section"})
     json: str | None = field(default="benchmarks/results/console.json", metadata={"help": "results"})
+    screenshot: str | None = field(
+        default=None,
+        metadata={"help": "PNG of the console page (chromium) after the commands, e.g. docs/console.png"},
+    )
 
     def __post_init__(self) -> None:
         if not 1 <= self.robots <= 16:
@@ -97,6 +101,44 @@ def _base_checkpoint(path: Path) -> Path:
         down_dims=(32, 64),
     )
     return DiffusionPolicy(config, stats, version=0).save(path)
+
+
+def chromium_executable() -> str | None:
+    """Debian's chromium (what scripts/setup.sh installs with apt-get), or None where there is none."""
+    for candidate in (
+        "/usr/lib/chromium/chromium",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+    ):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return None
+
+
+def _screenshot(url: str, robot_id: str, path: Path) -> None:
+    """Log in as the bench's operator in headless chromium, show `robot_id`, save the page as `path`. The
+    console's certificate is signed by the run's own CA, which chromium does not know: certificate errors are
+    ignored for this loopback page."""
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium_executable()
+    if executable is None:
+        raise FileNotFoundError("no chromium binary for --screenshot (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900}, ignore_https_errors=True)
+            page.goto(url)
+            page.fill("#login-username", OPERATOR)
+            page.fill("#login-password", PASSWORD)
+            page.click("#login-form button[type=submit]")
+            page.wait_for_selector(f'tr[data-robot-id="{robot_id}"]')
+            page.click(f'tr[data-robot-id="{robot_id}"]')
+            page.wait_for_timeout(3000)  # a few updates: the frame, the actions, the history plot
+            path.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(path), full_page=True)
+        finally:
+            browser.close()
 
 
 def _drive(
@@ -273,8 +315,11 @@ def run(bench: ConsoleBenchConfig, argv: list[str]) -> dict[str, Any]:
             )
         started = time.time()
         load_before = load_average()
-        sent, figures = _drive(bench, f"https://127.0.0.1:{console_port}/", str(trust.ca_cert), robot_ids)
+        url = f"https://127.0.0.1:{console_port}/"
+        sent, figures = _drive(bench, url, str(trust.ca_cert), robot_ids)
         load = load_average()
+        if bench.screenshot is not None:
+            _screenshot(url, robot_ids[0], Path(bench.screenshot))
         _wait_for_episodes(learner_dir / "replay", sent, timeout_s=180)
     finally:
         processes.stop_all()
