@@ -306,10 +306,15 @@ class TrainerConfig:
     device: str = "cpu"
     # Steps to wait (sleeping this long each) when the replay holds nothing trainable yet.
     idle_sleep_s: float = 0.5
+    # Data-parallel training workers (`backend: ray`): each step's batch_size samples are split across them
+    # and their gradients averaged (DDP), so the update is that of one worker on the whole batch. The local
+    # backend trains in the learner process: 1.
+    num_workers: int = 1
 
     def __post_init__(self) -> None:
         _positive(
             "trainer",
+            num_workers=self.num_workers,
             batch_size=self.batch_size,
             publish_every_steps=self.publish_every_steps,
             keep_last=self.keep_last,
@@ -358,6 +363,45 @@ class ConsoleConfig:
         )
 
 
+# Algorithms whose update needs only the batch (no replay store of its own), so data-parallel workers can
+# run it: RECAP's value model reads the store, and is trained in one process only.
+RAY_ALGORITHMS = ("hg_dagger",)
+
+
+class LearnerBackend(enum.StrEnum):
+    """Where the learner's work runs: all in the learner process, or partly on a Ray cluster."""
+
+    LOCAL = "local"
+    RAY = "ray"
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """The Ray cluster of `backend: ray` (see the README's "Scaling out on Ray")."""
+
+    # Cluster to join: "auto" (the one `ray start --head` began on this machine), "host:6379", or
+    # "ray://host:10001" (Ray Client). null: the learner starts a one-machine cluster and stops it on exit.
+    address: str | None = None
+    # CPUs and GPUs of the cluster the learner starts (null: what Ray detects). Ignored with an address.
+    num_cpus: int | None = None
+    num_gpus: int | None = None
+    # What each data-parallel training worker (trainer.num_workers of them) reserves. With GPUs
+    # (trainer.device: cuda) the workers talk NCCL, on CPUs gloo.
+    cpus_per_train_worker: float = 1.0
+    gpus_per_train_worker: float = 0.0
+    # Ray namespace of the learner's actors (two learners on one cluster need two namespaces).
+    namespace: str = "sop-learner"
+
+    def __post_init__(self) -> None:
+        _positive("ray", cpus_per_train_worker=self.cpus_per_train_worker)
+        if self.gpus_per_train_worker < 0:
+            raise ValueError(f"ray.gpus_per_train_worker must be >= 0, got {self.gpus_per_train_worker}")
+        if self.num_cpus is not None:
+            _positive("ray", num_cpus=self.num_cpus)
+        if self.num_gpus is not None and self.num_gpus < 0:
+            raise ValueError(f"ray.num_gpus must be >= 0 or null, got {self.num_gpus}")
+
+
 @dataclass(frozen=True)
 class LearnerConfig:
     """`sop learner serve`: ingest robot episodes, train asynchronously, publish checkpoints."""
@@ -370,6 +414,10 @@ class LearnerConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     algorithm: AlgorithmConfig = field(default_factory=HGDaggerConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    # local: everything in the learner process (nothing else to start); ray: the trainer runs as
+    # trainer.num_workers data-parallel workers on the Ray cluster of the `ray` section.
+    backend: LearnerBackend = LearnerBackend.LOCAL
+    ray: RayConfig = field(default_factory=RayConfig)
     log_level: str = "INFO"
     # glibc malloc arenas of `sop learner serve` (sop/malloc_arenas.py): with one per thread its resident
     # memory creeps up with traffic; 2 keeps it flat. null: glibc's default (8 per core).
@@ -378,6 +426,34 @@ class LearnerConfig:
     def __post_init__(self) -> None:
         if not self.run_dir:
             raise ValueError("run_dir must be a directory path")
+        try:
+            object.__setattr__(self, "backend", LearnerBackend(self.backend))
+        except ValueError:
+            raise ValueError(
+                f"backend is {self.backend!r}, expected one of {[b.value for b in LearnerBackend]}"
+            ) from None
+        if self.backend is LearnerBackend.LOCAL and self.trainer.num_workers != 1:
+            raise ValueError(
+                f"trainer.num_workers is {self.trainer.num_workers} but the local backend trains in one "
+                "process: set backend: ray for data-parallel workers, or trainer.num_workers: 1"
+            )
+        if self.trainer.batch_size < self.trainer.num_workers:
+            raise ValueError(
+                f"trainer.batch_size ({self.trainer.batch_size}) must be at least trainer.num_workers "
+                f"({self.trainer.num_workers}): each worker trains on its share of the batch"
+            )
+        if self.backend is LearnerBackend.RAY and self.algorithm.type not in RAY_ALGORITHMS:
+            raise ValueError(
+                f"backend: ray trains {', '.join(RAY_ALGORITHMS)} so far, not algorithm.type "
+                f"{self.algorithm.type!r} (its update reads the replay store): use backend: local"
+            )
+        on_gpu = self.trainer.device.startswith("cuda")
+        if self.backend is LearnerBackend.RAY and on_gpu != (self.ray.gpus_per_train_worker > 0):
+            raise ValueError(
+                f"trainer.device is {self.trainer.device!r} but ray.gpus_per_train_worker is "
+                f"{self.ray.gpus_per_train_worker}: give each worker a GPU (e.g. 1) to train on cuda, "
+                "or 0 to train on cpu"
+            )
         if self.malloc_arena_max is not None:
             _positive("learner", malloc_arena_max=self.malloc_arena_max)
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

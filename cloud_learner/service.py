@@ -39,7 +39,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cloud_learner.auth import RobotAuthInterceptor, authenticated_robot_id, authenticated_role, require_role
 from cloud_learner.checkpoint_store import CheckpointRecord, CheckpointStore
-from cloud_learner.config import LearnerConfig
+from cloud_learner.config import LearnerBackend, LearnerConfig
 from cloud_learner.ingest import Ingest, IngestError, UploadStaging
 from cloud_learner.liveness import StreamWatchdog
 from cloud_learner.operator_relay import OperatorRelay
@@ -61,6 +61,7 @@ from sop.v1 import fleet_pb2, fleet_pb2_grpc, operator_pb2, operator_pb2_grpc
 
 if TYPE_CHECKING:
     from cloud_learner.console.server import ConsoleServer
+    from cloud_learner.ray_backend.cluster import RayConnection
     from cloud_learner.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -349,6 +350,7 @@ class LearnerService:
         self._stop_requested = threading.Event()
         self.features: PolicyFeatures | None = None
         self.console: ConsoleServer | None = None
+        self.ray: RayConnection | None = None
 
     def start(self) -> int:
         """Open run_dir (resuming whatever is there), start serving and training; returns the bound port."""
@@ -398,8 +400,16 @@ class LearnerService:
         if config.trainer.enabled:
             from cloud_learner.trainer import Trainer  # torch and the policy code load only here
 
+            if config.backend is LearnerBackend.RAY:
+                from cloud_learner.ray_backend.cluster import RayConnection  # ray loads only here
+
+                self.ray = RayConnection.open(config.ray)
             self.trainer = Trainer(config, self.store, self.checkpoints, self.publisher)
-            self.trainer.prepare()
+            try:
+                self.trainer.prepare()
+            except BaseException:
+                self._close_ray()
+                raise
 
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.server.max_workers, thread_name_prefix="grpc"),
@@ -426,6 +436,9 @@ class LearnerService:
             port = 0
         if port == 0:
             server.stop(None)
+            if self.trainer is not None:
+                self.trainer.stop(timeout_s=0)
+            self._close_ray()
             raise OSError(
                 errno.EADDRINUSE,
                 f"cannot listen on server.address {address}: the port is in use (another learner?); stop "
@@ -442,6 +455,9 @@ class LearnerService:
                 server.stop(None)
                 self.ingest.stop(timeout_s=STOP_COMMITS_S)
                 self.watchdog.stop()
+                if self.trainer is not None:
+                    self.trainer.stop(timeout_s=0)
+                self._close_ray()
                 raise
         server.start()
         self._server = server
@@ -575,11 +591,18 @@ class LearnerService:
             )
         if self.trainer is not None:
             self.trainer.stop(timeout_s=STOP_TRAINER_S)
+        self._close_ray()
         self.ingest.stop(timeout_s=STOP_COMMITS_S)
         self.watchdog.stop()
         self._server = None
         self._stopped.set()
         logger.info("learner stopped")
+
+    def _close_ray(self) -> None:
+        """Leave the Ray cluster (stopping it when the learner started it); its actors end with it."""
+        if self.ray is not None:
+            self.ray.close()
+            self.ray = None
 
     def request_stop(self) -> None:
         """Ask `wait()` to return (signal handlers call this); the caller then runs `stop()`."""

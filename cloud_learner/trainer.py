@@ -20,6 +20,11 @@ the replay's size (episodes in the store, frames held for sampling, online episo
 bound). Each publication adds a `train.jsonl` line with `published_version` (the fleet report reads `step`,
 `loss`, `time` and `published_version`).
 
+Where the update runs (`learner.backend`) is the one thing that differs between backends, behind
+`UpdateStep`: `LocalUpdateStep` runs the algorithm in this process; with `backend: ray` a
+`cloud_learner.ray_backend.train_group.RayTrainGroup` splits each batch across `trainer.num_workers`
+data-parallel workers. Sampling, mixing, logging and publication stay here, the same for both.
+
 One episode never stops the trainer: the replay checks every episode against the features of the policy
 being trained (read from its checkpoint manifest) and moves one that does not fit, or does not read, to
 `replay/quarantine/` (see `cloud_learner/replay.py`). Each time that happens a `train.jsonl` line says so
@@ -34,14 +39,14 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 
-from cloud_learner.algorithms import Algorithm
+from cloud_learner.algorithms import Algorithm, UpdateResult
 from cloud_learner.checkpoint_store import CheckpointRecord, CheckpointStore
-from cloud_learner.config import LearnerConfig
+from cloud_learner.config import LearnerBackend, LearnerConfig
 from cloud_learner.publisher import Publisher
 from cloud_learner.replay import Replay
 from sop.checkpoint import checkpoint_from_bytes
@@ -81,6 +86,42 @@ def staleness(batch: Mapping[str, Any], current_version: int) -> tuple[float, fl
     return float(lag.mean()), float(lag.max())
 
 
+class UpdateStep(Protocol):
+    """One optimisation step on a sampled batch, and the state a publication stores: what differs between the
+    local backend and the Ray backend's data-parallel group."""
+
+    def update(self, batch: dict[str, Any]) -> UpdateResult: ...
+
+    def publishable_blob(self, version: int, parent_version: int) -> bytes:
+        """The policy robots get (checkpoint bytes, sop/checkpoint.py format)."""
+        ...
+
+    def training_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """What a restart resumes from (optimiser, EMA, step), stored beside the published checkpoint."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LocalUpdateStep:
+    """The algorithm's update in this process (`backend: local`)."""
+
+    def __init__(self, algorithm: Algorithm) -> None:
+        self.algorithm = algorithm
+
+    def update(self, batch: dict[str, Any]) -> UpdateResult:
+        return self.algorithm.update(batch)
+
+    def publishable_blob(self, version: int, parent_version: int) -> bytes:
+        return self.algorithm.publishable_policy().to_bytes(version=version, parent_version=parent_version)
+
+    def training_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return self.algorithm.training_state()
+
+    def close(self) -> None:
+        pass
+
+
 class Trainer:
     """Owns the policy being trained, the algorithm, the replay and the publication schedule."""
 
@@ -96,6 +137,7 @@ class Trainer:
         self.algorithm: Algorithm | None = None
         self.replay: Replay | None = None
         self.features: PolicyFeatures | None = None
+        self.update_step: UpdateStep | None = None
         self._quarantined_reported = 0  # of replay.num_quarantined, already written to train.jsonl
         self.last_metrics: dict[str, float] = {}
         self.samples_trained = 0
@@ -117,7 +159,9 @@ class Trainer:
                 "(e.g. from `sop train bc`), or set trainer.enabled=false to only ingest"
             )
         blob = self.publisher.prepared(latest.version).blob
-        device = torch.device(self.config.trainer.device)
+        # With the Ray backend the workers train; this copy only describes the policy (features, horizons).
+        on_ray = self.config.backend is LearnerBackend.RAY
+        device = torch.device("cpu" if on_ray else self.config.trainer.device)
         checkpoint = checkpoint_from_bytes(blob, latest.sha256, source=f"v{latest.version}")
         policy = policy_from_checkpoint(checkpoint, device=device)
         if not isinstance(policy, DiffusionPolicy):
@@ -133,6 +177,12 @@ class Trainer:
         if state is not None:
             self.algorithm.load_training_state(*state)
         self.step = latest.train_step
+        if on_ray:
+            from cloud_learner.ray_backend.train_group import RayTrainGroup  # ray loads only here
+
+            self.update_step = RayTrainGroup.start(self.config, blob, latest.sha256, state, self.step)
+        else:
+            self.update_step = LocalUpdateStep(self.algorithm)
         self.replay = Replay(
             self.store,
             self.config.replay,
@@ -166,6 +216,8 @@ class Trainer:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self.update_step is not None and not self.running:
+            self.update_step.close()
 
     @property
     def running(self) -> bool:
@@ -185,7 +237,7 @@ class Trainer:
 
     def run(self, stop: threading.Event | None = None, max_steps: int | None = None) -> int:
         """Train until `stop` is set or `max_steps` (or trainer.max_steps) steps are done; returns steps run."""
-        assert self.policy is not None and self.algorithm is not None and self.replay is not None
+        assert self.update_step is not None and self.replay is not None
         trainer_config = self.config.trainer
         limit = max_steps if max_steps is not None else trainer_config.max_steps
         rng = np.random.default_rng(trainer_config.seed + self.step)
@@ -203,7 +255,7 @@ class Trainer:
             if batch is None:
                 (stop or threading.Event()).wait(trainer_config.idle_sleep_s)
                 continue
-            result = self.algorithm.update(batch)
+            result = self.update_step.update(batch)
             self.replay.record_losses(batch, result.sample_losses.numpy())
             self.step += 1
             ran += 1
@@ -255,15 +307,15 @@ class Trainer:
 
     def publish(self, metrics: Mapping[str, float] | None = None) -> CheckpointRecord:
         """Store the current weights as the next version and announce it to every robot."""
-        assert self.policy is not None and self.algorithm is not None
+        assert self.update_step is not None
         latest = self.publisher.latest
         parent = 0 if latest is None else latest.version
-        blob = self.algorithm.publishable_policy().to_bytes(version=parent + 1, parent_version=parent)
+        blob = self.update_step.publishable_blob(parent + 1, parent)
         record = self.checkpoints.publish(
             blob,
             train_step=self.step,
             metrics={k: float(v) for k, v in (metrics or {}).items()},
-            trainer_state=self.algorithm.training_state(),
+            trainer_state=self.update_step.training_state(),
         )
         self.publisher.announce(record, blob)
         self._append_train_log(

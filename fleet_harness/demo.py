@@ -46,6 +46,7 @@ from rich.live import Live
 from rich.table import Table
 
 from fleet_harness.processes import FleetProcesses, free_port, wait_for_port
+from fleet_harness.ray_fleet import RayFleetConfig, RayFleetProcesses
 from fleet_harness.report import plot_run, read_episode_events, read_jsonl, summarize, write_report
 from sop.config import ConfigError, config_to_dict, parse_config
 from sop.fleet_trust import FleetTrust, create_fleet_trust, learner_flags, robot_flags
@@ -207,6 +208,14 @@ class FleetDemoConfig:
         },
     )
     live: bool = field(default=True, metadata={"help": "live terminal view (off: periodic log lines)"})
+    backend: str = field(
+        default="local",
+        metadata={
+            "help": "local: the learner and robots are processes of this machine; ray: Ray-managed "
+            "processes spread over a Ray cluster's nodes, the learner training on it (fleet_harness/ray_fleet.py)"
+        },
+    )
+    ray: RayFleetConfig = field(default_factory=RayFleetConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.sampler, str):  # a kind's name from a Python caller: that kind's defaults
@@ -230,6 +239,8 @@ class FleetDemoConfig:
             raise ValueError(f"robot_niceness must be in [0, 19], got {self.robot_niceness}")
         if self.robot_rate_hz < 0:
             raise ValueError(f"robot_rate_hz must be >= 0, got {self.robot_rate_hz}")
+        if self.backend not in ("local", "ray"):
+            raise ValueError(f"backend must be local or ray, got {self.backend!r}")
         key = first_key_under(self.learner, HARNESS_LEARNER_KEYS)
         if key is not None:
             raise ValueError(f"learner.{key}: the harness sets this itself for every run; leave it out")
@@ -550,7 +561,12 @@ def run_online_phase(
     called about once a second, returns True) and stop them all cleanly, also on Ctrl-C / SIGTERM."""
     robot_ids = [f"robot-{i}" for i in range(config.robots)]
     trust = write_fleet_trust(run_dir, robot_ids)
-    processes = FleetProcesses(run_dir / "logs")
+    processes: FleetProcesses | RayFleetProcesses
+    if config.backend == "ray":
+        processes = RayFleetProcesses(run_dir / "logs", config.ray)
+        learner_extra = processes.learner_ray_flags()
+    else:
+        processes, learner_extra = FleetProcesses(run_dir / "logs"), []
     port = free_port()
     view = FleetView(run_dir, {rid: config.robot_task(i) for i, rid in enumerate(robot_ids)})
 
@@ -563,9 +579,10 @@ def run_online_phase(
     env = {"OMP_NUM_THREADS": "1", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "PYTHONUNBUFFERED": "1"}
     try:
         learner = processes.start(
-            "learner", learner_args(config, run_dir, port, base_checkpoint, demos, trust), env
+            "learner", learner_args(config, run_dir, port, base_checkpoint, demos, trust) + learner_extra, env
         )
-        wait_for_port("127.0.0.1", port, timeout_s=120, process=learner.process)
+        # backend ray: a RemoteProcess, with the Popen methods wait_for_port reads
+        wait_for_port("127.0.0.1", port, timeout_s=120, process=learner.process)  # type: ignore[arg-type]
         console.print(
             f"learner listening on 127.0.0.1:{port} (mutual TLS, signed checkpoints); "
             f"starting {config.robots} robot daemons"
@@ -591,7 +608,8 @@ def run_online_phase(
                 dead = processes.dead()
                 if dead:
                     names = ", ".join(c.name for c in dead)
-                    raise RuntimeError(f"{names} exited early; last log lines:\n{processes.tail(dead[0])}")
+                    last = processes.tail(dead[0])  # type: ignore[arg-type]  # each backend tails its own
+                    raise RuntimeError(f"{names} exited early; last log lines:\n{last}")
                 if live is not None:
                     live.update(view.render(config.budget_s))
                 elif time.monotonic() - last_log > 15:
