@@ -61,6 +61,8 @@ class CheckpointRecord:
     created_at: float
     train_step: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+    # Set when this version is an older one's weights published again (a roll-back): that version.
+    republished_from: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, indent=1)
@@ -77,6 +79,7 @@ class CheckpointRecord:
                 created_at=float(values["created_at"]),
                 train_step=int(values.get("train_step", 0)),
                 metrics={str(k): float(v) for k, v in dict(values.get("metrics", {})).items()},
+                republished_from=int(values.get("republished_from", 0)),
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{source}: not a valid publication record ({exc})") from None
@@ -140,6 +143,12 @@ class CheckpointStore:
         with self._lock:
             return self._records[max(self._records)] if self._records else None
 
+    def latest_trained(self) -> CheckpointRecord | None:
+        """The newest version that is not a republication: where training resumes after a restart."""
+        with self._lock:
+            trained = [v for v, record in self._records.items() if not record.republished_from]
+            return self._records[max(trained)] if trained else None
+
     def record(self, version: int) -> CheckpointRecord | None:
         with self._lock:
             return self._records.get(version)
@@ -179,6 +188,7 @@ class CheckpointStore:
         train_step: int = 0,
         metrics: dict[str, float] | None = None,
         trainer_state: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
+        republished_from: int = 0,
     ) -> CheckpointRecord:
         """Store a checkpoint blob atomically; its version and parent come from the manifest inside it."""
         manifest = read_manifest_from_bytes(blob, "published checkpoint")
@@ -197,6 +207,7 @@ class CheckpointStore:
             created_at=time.time(),
             train_step=train_step,
             metrics=dict(metrics or {}),
+            republished_from=republished_from,
         )
         final = self.path(record.version)
         temporary = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=self.root))

@@ -217,7 +217,9 @@ class Publisher:
             if current is not None and version < current.version:
                 extra = {"republished_from": version, "republished_by": by, "republished_at": time.time()}
                 blob = self.store.read_blob(version)
-                record = self.publish_next(lambda number: republished(blob, number, extra), train_step=0)
+                record = self.publish_next(
+                    lambda number: republished(blob, number, extra), republished_from=version
+                )
             pin = FleetPin(record.version, version, by, reason[:MAX_PIN_REASON_CHARS], time.time())
             write_json_atomically(self.store.root / PIN_NAME, asdict(pin), durable=True)
             self.store.protected = {record.version}

@@ -112,7 +112,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 "this robot does not fit the learner's policy: " + "; ".join(problems),
             )
         status = self.service.roster.register(robot_id, request.capabilities)
-        latest = self.service.publisher.latest
+        latest = self.service.publisher.fleet_version  # what the fleet runs (an admin's pin, else the newest)
         config = self.service.config
         logger.info(
             "robot %s registered (tasks %s)",
@@ -217,7 +217,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             )
         request.robot_id = robot_id
         self.service.roster.heartbeat(request)
-        latest = self.service.publisher.latest
+        latest = self.service.publisher.fleet_version
         return fleet_pb2.HeartbeatResponse(
             server_time=time.time(), latest_policy_version=0 if latest is None else latest.version
         )
@@ -480,7 +480,7 @@ class LearnerService:
 
     def _served_policy_features(self) -> PolicyFeatures | None:
         """The features of the policy the learner serves (None before any checkpoint is published)."""
-        latest = self.publisher.latest
+        latest = self.publisher.fleet_version
         if latest is None:
             return None
         blob = self.publisher.prepared(latest.version).blob

@@ -138,6 +138,7 @@ class Trainer:
         self.replay: Replay | None = None
         self.features: PolicyFeatures | None = None
         self.update_step: UpdateStep | None = None
+        self.trained_from = 0  # the version the weights being trained descend from (set by prepare)
         self._quarantined_reported = 0  # of replay.num_quarantined, already written to train.jsonl
         self.last_metrics: dict[str, float] = {}
         self.samples_trained = 0
@@ -150,9 +151,10 @@ class Trainer:
     # ---- setup -------------------------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Load the policy to train: the newest published checkpoint (the service published the base as v1
-        on a first run)."""
-        latest = self.publisher.latest
+        """Load the policy to train: the newest checkpoint training produced (the service published the base
+        as v1 on a first run); a roll-back an admin republished is what robots run, not where training
+        resumes."""
+        latest = self.checkpoints.latest_trained() or self.publisher.latest
         if latest is None:
             raise TrainerError(
                 "trainer.base_checkpoint is not set and run_dir holds no checkpoint: give a base policy "
@@ -177,6 +179,7 @@ class Trainer:
         if state is not None:
             self.algorithm.load_training_state(*state)
         self.step = latest.train_step
+        self.trained_from = latest.version
         if on_ray:
             from cloud_learner.ray_backend.train_group import RayTrainGroup  # ray loads only here
 
@@ -306,18 +309,19 @@ class Trainer:
         )
 
     def publish(self, metrics: Mapping[str, float] | None = None) -> CheckpointRecord:
-        """Store the current weights as the next version and announce it to every robot."""
-        assert self.update_step is not None
-        latest = self.publisher.latest
-        parent = 0 if latest is None else latest.version
-        blob = self.update_step.publishable_blob(parent + 1, parent)
-        record = self.checkpoints.publish(
-            blob,
+        """Store the current weights as the next version and announce it to every robot (held back while an
+        admin has pinned the fleet). Its parent is the version these weights were trained from: this
+        trainer's previous publication, or the checkpoint it started from, never a republished roll-back."""
+        update_step = self.update_step
+        assert update_step is not None
+        parent = self.trained_from
+        record = self.publisher.publish_next(
+            lambda version: update_step.publishable_blob(version, parent),
             train_step=self.step,
             metrics={k: float(v) for k, v in (metrics or {}).items()},
-            trainer_state=self.update_step.training_state(),
+            trainer_state=update_step.training_state(),
         )
-        self.publisher.announce(record, blob)
+        self.trained_from = record.version
         self._append_train_log(
             {"step": self.step, "loss": (metrics or {}).get("loss"), "published_version": record.version}
         )

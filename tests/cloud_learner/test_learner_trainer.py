@@ -296,3 +296,53 @@ def test_replay_returns_nothing_when_its_last_episode_stops_reading(tmp_path: Pa
         chunk.write_bytes(b"\x00garbage" * 8)  # a damaged disk, after the episode was indexed
     assert replay.sample(4, np.random.default_rng(1)) is None
     assert replay.num_quarantined == 1 and [e.original_name for e in store.quarantined()] == [only]
+
+
+def test_while_the_fleet_is_pinned_the_trainer_stores_its_versions_in_its_own_lineage(
+    start_learner: StartLearner, tmp_path: Path
+) -> None:
+    offline = [make_episode(40, seed=10 + i, source=Source.OFFLINE, cameras=()) for i in range(2)]
+    base = write_base_checkpoint(tmp_path / "base", offline)
+    demos = EpisodeStore(tmp_path / "demos", durable=False)
+    for episode in offline:
+        demos.append(episode)
+    trainer_config = TrainerConfig(
+        base_checkpoint=str(base),
+        batch_size=8,
+        publish_every_steps=2,
+        keep_last=5,
+        log_every_steps=2,
+        max_steps=4,
+    )
+    learner = start_learner(
+        trainer=trainer_config, replay=ReplayConfig(offline_stores=[str(tmp_path / "demos")])
+    )
+    publisher = learner.service.publisher
+    publisher.pin(1, by="root", reason="hold the base while we look")
+    stub = learner.fleet()
+    online = make_episode(
+        40, seed=20, cameras=(), intervention=intervention_pattern(40, 5, 30), policy_version=1
+    )
+    assert upload(stub, chunks_of(online)).committed
+    trainer = learner.service.trainer
+    assert trainer is not None
+    wait_until(lambda: not trainer.running)
+    assert trainer.failure is None and trainer.step == 4
+    checkpoints = learner.service.checkpoints
+    assert checkpoints.versions() == [1, 2, 3]  # trained and stored ...
+    assert publisher.fleet_version is not None and publisher.fleet_version.version == 1  # ... not announced
+    heartbeat = stub.Heartbeat(fleet_pb2.HeartbeatRequest(robot_id="robot-1"), metadata=auth(), timeout=10)
+    assert heartbeat.latest_policy_version == 1
+    # Unpinned, the fleet gets v3; rolled back to v2, it gets v2's weights as v4. The trainer's next version
+    # descends from its own v3, and a restart resumes from v3, not from the republished v4.
+    assert publisher.unpin(by="root").version == 3  # type: ignore[union-attr]
+    pin = publisher.pin(2, by="root")
+    assert pin.version == 4 and checkpoints.record(4).republished_from == 2  # type: ignore[union-attr]
+    learner.restart()
+    trainer = learner.service.trainer
+    assert trainer is not None
+    wait_until(lambda: not trainer.running)
+    assert trainer.step == 8
+    checkpoints = learner.service.checkpoints
+    assert [checkpoints.record(v).parent_version for v in (5, 6)] == [3, 5]  # type: ignore[union-attr]
+    assert learner.service.publisher.fleet_version.version == 4  # type: ignore[union-attr]
