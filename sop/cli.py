@@ -37,6 +37,7 @@ USER_ERRORS: dict[str, int] = {
     "sop.fleet_trust.TrustError": EXIT_RUNTIME,  # certificates, signing keys, signatures
     "cloud_learner.trainer.TrainerError": EXIT_RUNTIME,  # e.g. no base checkpoint to train
     "cloud_learner.console.accounts.AccountError": EXIT_RUNTIME,  # a refused user name, password, accounts file
+    "sop.world.modeling_world.WorldModelError": EXIT_RUNTIME,  # not a world-model folder, mismatched data
     # A file or folder the user named is missing, already there, or not theirs to write.
     "builtins.FileNotFoundError": EXIT_RUNTIME,
     "builtins.FileExistsError": EXIT_RUNTIME,
@@ -62,6 +63,9 @@ COMMANDS: dict[str, Command] = {
     "sim eval": Command("sim.evaluate", "evaluate a checkpoint on seeded held-out episodes"),
     "sim demos": Command("sim.demonstrations", "record scripted demonstrations into an episode store"),
     "train bc": Command("sop.training.bc", "behaviour cloning on an episode store"),
+    "world train": Command("sop.world.train", "fit a diffusion world model + success model on a store"),
+    "world eval": Command("sop.world.evaluate", "world-model error vs an MLP baseline on held-out episodes"),
+    "world refine": Command("sop.world.refine", "refine a policy inside a world model, zero env steps"),
     "robot run": Command("robot_client.daemon", "run the robot daemon"),
     "learner serve": Command("cloud_learner.service", "serve the fleet: ingest, train, publish"),
     "console": Command(
@@ -95,6 +99,10 @@ COMMANDS: dict[str, Command] = {
     "bench learner": Command("benchmarks.learner", "ingest, broadcast and trainer throughput"),
     "bench fleet": Command("benchmarks.fleet", "success vs per-robot steps for 1, 2, 4 robots"),
     "bench retrain": Command("benchmarks.retrain", "retrain a run's replay at fixed learner steps, evaluate"),
+    "bench online-vs-offline": Command(
+        "benchmarks.online_vs_offline",
+        "HG-DAgger online vs extra demos at equal labelled frames, under shifts",
+    ),
     "bench console": Command(
         "benchmarks.console", "operator command to robot action through the console (p50/p99)"
     ),
