@@ -14,6 +14,11 @@ action noise comes from a generator seeded with that same reset seed, so `(task,
 reproducible set of episodes and different tasks (or seeds) never share layouts by construction.
 
     sop sim demos --tasks reach-v3,push-v3 --episodes 20 --seed 0 --store data/store
+    sop sim demos --tasks push-v3 --episodes 20 --deployment shifted-objects --store data/shifted
+
+Demonstrations are recorded under nominal conditions unless `--deployment NAME` names a preset of
+sim/deployment.py (configs/deployments/): the oracle arm of `sop bench online-vs-offline` records its extra
+demonstrations under the very shift the robots are deployed in.
 """
 
 from __future__ import annotations
@@ -178,9 +183,21 @@ class DemosConfig:
     robot_id: str = "scripted-expert"
     steps_after_success: int = field(default=10, metadata={"help": "steps kept after the first success"})
     env: EnvConfig = field(default_factory=EnvConfig)
+    deployment: str = field(
+        default="",
+        metadata={
+            "help": "record under this deployment preset (configs/deployments/<name>.yaml, e.g. "
+            "shifted-objects) instead of env.deployment; empty: env.deployment (nominal by default)"
+        },
+    )
 
     def __post_init__(self) -> None:
         parse_task_list(self.tasks)
+        if self.deployment:
+            from sim.deployment import load_deployment
+
+            # An unknown preset stops here, with the list of presets.
+            object.__setattr__(self, "env", replace(self.env, deployment=load_deployment(self.deployment)))
         if self.episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {self.episodes}")
         if not np.isfinite(self.noise) or self.noise < 0:
