@@ -343,6 +343,7 @@ class ControlLoop:
         swap_at_chunks = config.policy.swap_at == "chunk"
         versions: list[int] = []
         drivers: list[str | None] = []  # who drove each step: None for the policy, else the operator's id
+        last_actions: tuple[np.ndarray | None, np.ndarray] | None = None  # the last step's, for the console
         success = False
         label: Outcome | None = None
         done = False
@@ -445,6 +446,7 @@ class ControlLoop:
             self.recorder.add_step(record)
             versions.append(version)
             drivers.append((decision.operator_id or "operator") if gate.intervening else None)
+            last_actions = (gate.policy_action, np.asarray(executed, dtype=np.float32))
             interventions += int(gate.intervening)
             success = success or result.success
             step += 1
@@ -456,7 +458,7 @@ class ControlLoop:
                         step,
                         result.observation,
                         gate.intervening,
-                        actions=(gate.policy_action, np.asarray(executed, dtype=np.float32)),
+                        actions=last_actions,
                     )
                 )
             observation = result.observation
@@ -484,7 +486,9 @@ class ControlLoop:
         self.metrics.episodes.labels(str(outcome)).inc()
         self.metrics.intervention_steps.inc(interventions)
         if self.telemetry is not None:
-            self.telemetry(self._snapshot(episode_id, step, observation, False, str(outcome)))
+            self.telemetry(
+                self._snapshot(episode_id, step, observation, False, str(outcome), actions=last_actions)
+            )
         log.info(
             "episode %s: %s after %d steps (%d under intervention), policy v%s",
             episode_id[:8],
