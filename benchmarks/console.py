@@ -370,7 +370,8 @@ def report(results: dict[str, Any]) -> str:
         for robot_id, figures in sorted(results["robots"].items())
     )
     lines = [
-        "## Console: operator command to robot action",
+        "## Console: operator command to robot action"
+        + (" (robots streaming camera frames)" if config["image"] else " (state-only robots)"),
         "",
         f"`{results['command']}` — {config['robots']} robot processes at {config['rate_hz']:.0f} Hz"
         f"{' streaming 64x64 camera frames' if config['image'] else ''} (telemetry {config['telemetry_hz']:.0f} Hz), "

@@ -32,10 +32,12 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 
+from benchmarks.machine import describe_machine
 from benchmarks.reporting import command_line, markdown_table, write_report
 from sim.metaworld_env import ACTION_DIM, EnvConfig, MetaWorldEnv
 from sim.operator import SimulatedOperator, SimulatedOperatorConfig
@@ -198,6 +200,7 @@ def run(config: SuiteFitnessConfig, argv: Sequence[str] = ()) -> dict[str, Any]:
             print(f"{task}: {_summary(rows[task], config)} ({seconds:.0f} s)", file=sys.stderr, flush=True)
     table = {
         "command": command_line(".venv/bin/python -m benchmarks.suite_fitness", argv),
+        "machine": describe_machine().summary(),
         "conditions": "nominal: EnvConfig defaults, Meta-World's own object and goal ranges, no shift",
         "criterion": (
             f"fit_for_demo: expert and operator (driving from the start) each solve >= {config.fit_fraction} "
@@ -214,7 +217,8 @@ def run(config: SuiteFitnessConfig, argv: Sequence[str] = ()) -> dict[str, Any]:
     }
     if config.output:
         path = write_report(config.output, json.dumps(table, indent=1) + "\n")
-        print(f"wrote {path}", file=sys.stderr)
+        section = write_report(Path(config.output).with_suffix(".md"), report(table))
+        print(f"wrote {path} and {section}", file=sys.stderr)
     return table
 
 
@@ -259,6 +263,27 @@ def markdown(table: dict[str, Any]) -> list[str]:
             ]
         )
     return markdown_table(header, rows, align="l" + "r" * (len(header) - 1))
+
+
+def report(table: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section: the command, the criterion, the fit and unfit tasks, the whole table."""
+    machine = table.get("machine", "the project's 2-core development machine")
+    lines = [
+        "## The task suite: which Meta-World tasks the expert and the simulated operator solve",
+        "",
+        f"`{table['command']}` — {len(table['seeds'])} seeded episodes per task and driver, {table['conditions']}; "
+        f"{machine}.",
+        "",
+        f"Criterion: {table['criterion']}. **Fit ({len(table['fit'])}):** {', '.join(table['fit'])}. "
+        f"**Not fit ({len(table['unfit'])}):** {', '.join(table['unfit'])}.",
+        "",
+        "Successes out of n within each horizon; `taken over`: episodes of the working expert the watching "
+        "operator took over anyway.",
+        "",
+        *markdown(table),
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
