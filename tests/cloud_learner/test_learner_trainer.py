@@ -152,9 +152,10 @@ def test_staleness_is_measured_on_online_samples_only() -> None:
     assert staleness(batch, 7) == (pytest.approx(2.0), 4.0)
 
 
-def test_trainer_publishes_every_k_steps_and_a_restart_resumes(
-    start_learner: StartLearner, tmp_path: Path
-) -> None:
+def start_trainer_on_demos(
+    start_learner: StartLearner, tmp_path: Path, keep_last: int, max_steps: int
+) -> RunningLearner:
+    """A learner training a fresh base on two offline demos: batch 8, a publication every 2 steps."""
     offline = [make_episode(40, seed=10 + i, source=Source.OFFLINE, cameras=()) for i in range(2)]
     base = write_base_checkpoint(tmp_path / "base", offline)
     demos = EpisodeStore(tmp_path / "demos", durable=False)
@@ -164,13 +165,19 @@ def test_trainer_publishes_every_k_steps_and_a_restart_resumes(
         base_checkpoint=str(base),
         batch_size=8,
         publish_every_steps=2,
-        keep_last=2,
+        keep_last=keep_last,
         log_every_steps=2,
-        max_steps=6,
+        max_steps=max_steps,
     )
-    learner = start_learner(
+    return start_learner(
         trainer=trainer_config, replay=ReplayConfig(offline_stores=[str(tmp_path / "demos")])
     )
+
+
+def test_trainer_publishes_every_k_steps_and_a_restart_resumes(
+    start_learner: StartLearner, tmp_path: Path
+) -> None:
+    learner = start_trainer_on_demos(start_learner, tmp_path, keep_last=2, max_steps=6)
     stub = learner.fleet()
     watch = stub.WatchPolicy(fleet_pb2.WatchPolicyRequest(robot_id="robot-1"), metadata=auth(), timeout=60)
     assert next(watch).version == 1  # the base, published before the first robot connects
@@ -301,22 +308,7 @@ def test_replay_returns_nothing_when_its_last_episode_stops_reading(tmp_path: Pa
 def test_while_the_fleet_is_pinned_the_trainer_stores_its_versions_in_its_own_lineage(
     start_learner: StartLearner, tmp_path: Path
 ) -> None:
-    offline = [make_episode(40, seed=10 + i, source=Source.OFFLINE, cameras=()) for i in range(2)]
-    base = write_base_checkpoint(tmp_path / "base", offline)
-    demos = EpisodeStore(tmp_path / "demos", durable=False)
-    for episode in offline:
-        demos.append(episode)
-    trainer_config = TrainerConfig(
-        base_checkpoint=str(base),
-        batch_size=8,
-        publish_every_steps=2,
-        keep_last=5,
-        log_every_steps=2,
-        max_steps=4,
-    )
-    learner = start_learner(
-        trainer=trainer_config, replay=ReplayConfig(offline_stores=[str(tmp_path / "demos")])
-    )
+    learner = start_trainer_on_demos(start_learner, tmp_path, keep_last=5, max_steps=4)
     publisher = learner.service.publisher
     publisher.pin(1, by="root", reason="hold the base while we look")
     stub = learner.fleet()
