@@ -207,6 +207,14 @@ class FleetDemoConfig:
             "stay nominal"
         },
     )
+    operator: str = field(
+        default="simulated",
+        metadata={
+            "help": "simulated: the scripted expert takes over when a policy stalls (HG-DAgger learns from its "
+            "frames); none: robots run alone, outcomes from the simulator (what RECAP can learn from: "
+            "--learner.algorithm.type recap)"
+        },
+    )
     live: bool = field(default=True, metadata={"help": "live terminal view (off: periodic log lines)"})
     backend: str = field(
         default="local",
@@ -239,6 +247,8 @@ class FleetDemoConfig:
             raise ValueError(f"robot_niceness must be in [0, 19], got {self.robot_niceness}")
         if self.robot_rate_hz < 0:
             raise ValueError(f"robot_rate_hz must be >= 0, got {self.robot_rate_hz}")
+        if self.operator not in ("simulated", "none"):
+            raise ValueError(f"operator must be simulated or none, got {self.operator!r}")
         if self.backend not in ("local", "ray"):
             raise ValueError(f"backend must be local or ray, got {self.backend!r}")
         key = first_key_under(self.learner, HARNESS_LEARNER_KEYS)
@@ -515,7 +525,7 @@ def robot_args(
         "--robot.deployment",
         config.deployment,
         "--operator.type",
-        "simulated",
+        config.operator,
         "--operator.seed",
         str(index),
         "--policy.base_checkpoint",

@@ -138,3 +138,23 @@ def test_the_deployment_reaches_the_robots_and_the_evaluation_and_defaults_to_no
 def test_an_unknown_deployment_stops_the_demo_before_anything_starts() -> None:
     with pytest.raises(ConfigError, match="'shifted' is not a preset; choose one of"):
         parse_config(FleetDemoConfig, ["--deployment", "shifted"], default_config="demo_quick.yaml")
+
+
+def test_robots_can_run_without_an_operator_for_recap(tmp_path: Path) -> None:
+    from fleet_harness.demo import robot_args, write_fleet_trust
+    from robot_client.config import RobotConfig
+
+    demo = parse_config(FleetDemoConfig, [], default_config="demo_quick.yaml")
+    trust = write_fleet_trust(tmp_path, ["robot-0"])
+    args = robot_args(demo, tmp_path, 0, "robot-0", 5000, tmp_path, trust)
+    assert parse_config(RobotConfig, args[2:]).operator.type == "simulated"  # the default demo: unchanged
+    alone = parse_config(
+        FleetDemoConfig,
+        ["--operator", "none", "--learner.algorithm.type", "recap"],
+        default_config="demo_quick.yaml",
+    )
+    args = robot_args(alone, tmp_path, 0, "robot-0", 5000, tmp_path, trust)
+    assert parse_config(RobotConfig, args[2:]).operator.type == "none"
+    assert learner_config(alone.learner).algorithm.type == "recap"
+    with pytest.raises(ValueError, match="operator must be simulated or none, got 'console'"):
+        parse_config(FleetDemoConfig, ["--operator", "console"], default_config="demo_quick.yaml")
